@@ -10,6 +10,7 @@
 //! It holds no behaviour beyond encoding: no clients, no servers, no config.
 
 pub mod any;
+pub mod json;
 
 pub use envoy_types::pb::envoy;
 pub use envoy_types::pb::google;
