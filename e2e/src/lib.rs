@@ -50,15 +50,17 @@ pub fn istio_samples_dir() -> PathBuf {
 /// profile as the running test executable.
 ///
 /// A test executable lives in `target/<profile>/deps/`; the binary is looked up
-/// in `target/<profile>/`. If it is missing (e.g. `cargo test -p keel-e2e`
-/// builds only this package), it is built with `cargo build -p PACKAGE --bin
-/// BIN` (plus `--release` for the release profile); cargo picks up
-/// `CARGO_TARGET_DIR` from the environment. An existing binary is used as is:
-/// run `cargo build -p PACKAGE` first if you changed its code and test only
-/// this package.
+/// in `target/<profile>/`. It is built with `cargo build -p PACKAGE --bin BIN`
+/// (plus `--release` for the release profile; cargo picks up
+/// `CARGO_TARGET_DIR` from the environment) when it is missing, or when it is
+/// older than the test executable: keel-e2e links the libraries of the
+/// binaries it tests, so a newer test executable means their code may have
+/// changed (e.g. `cargo test -p keel-e2e` does not rebuild other packages'
+/// binaries). A fresh binary makes that build a quick no-op, run once per
+/// process.
 ///
 /// Panics if the binary cannot be found or built: there is nothing a test can
-/// do without it, and the message says how to build it by hand.
+/// do without it, and the message says what failed.
 pub fn bin_path(package: &str, bin: &str) -> PathBuf {
     match find_or_build_bin(package, bin) {
         Ok(path) => path,
@@ -67,7 +69,8 @@ pub fn bin_path(package: &str, bin: &str) -> PathBuf {
 }
 
 fn find_or_build_bin(package: &str, bin: &str) -> Result<PathBuf> {
-    static BUILD: Mutex<()> = Mutex::new(());
+    /// The binaries this process has already built (or found fresh).
+    static CHECKED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
     let exe = std::env::current_exe().context("locating the test executable")?;
     let deps = exe
@@ -80,10 +83,14 @@ fn find_or_build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     };
     let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
     // One build per process at a time; cargo's own lock covers other processes.
-    let _guard = BUILD
+    let mut checked = CHECKED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if path.is_file() {
+    if checked.contains(&path) {
+        return Ok(path);
+    }
+    if path.is_file() && modified(&path) >= modified(&exe) {
+        checked.push(path.clone());
         return Ok(path);
     }
 
@@ -94,7 +101,10 @@ fn find_or_build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     if profile_dir.file_name() == Some(OsStr::new("release")) {
         cmd.arg("--release");
     }
-    eprintln!("keel-e2e: {} missing, running {cmd:?}", path.display());
+    eprintln!(
+        "keel-e2e: {} missing or older than the tests, running {cmd:?}",
+        path.display()
+    );
     let status = cmd
         .status()
         .with_context(|| format!("running {cmd:?}: is cargo on PATH?"))?;
@@ -108,6 +118,7 @@ fn find_or_build_bin(package: &str, bin: &str) -> Result<PathBuf> {
             path.display()
         );
     }
+    checked.push(path.clone());
     Ok(path)
 }
 
@@ -335,9 +346,19 @@ impl Pilot {
     }
 
     /// Fails, listing the offending series and the client node's config dump,
-    /// if pilot counted any xDS rejects (NACKs).
+    /// if pilot counted any xDS rejects (NACKs) or is refusing any config file
+    /// (`pilot_config_rejected_files`: it would keep serving the file's last
+    /// good version, so a test would see stale config).
     pub fn assert_no_rejects(&self, node_id: &str) -> Result<()> {
-        let rejects = self.xds_rejects()?;
+        let (status, body) = self.get("/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        let bad_files = nonzero_samples(&body, "pilot_config_rejected_files");
+        if !bad_files.is_empty() {
+            bail!("pilot rejected config files: {bad_files:?}; its log above says why");
+        }
+        let rejects = nonzero_samples(&body, "pilot_total_xds_rejects");
         if !rejects.is_empty() {
             bail!(
                 "pilot counted xDS NACKs: {rejects:?}\nconfig served to {node_id}:\n{}",
@@ -492,7 +513,8 @@ pub fn write_atomic(stage: &Path, dir: &Path, name: &str, contents: &[u8]) -> Re
 /// - `node/node_modules` via `npm ci` (or `npm install` without a lockfile),
 ///   when missing or older than `package-lock.json`;
 /// - `.deps/python` via `python3 -m pip install --target .deps/python -r
-///   python/requirements.txt`, when missing.
+///   python/requirements.txt`, when missing or installed from other
+///   requirements.
 ///
 /// A lock directory (`.deps/install.lock`) keeps concurrent test processes
 /// from installing at once.
@@ -555,10 +577,17 @@ fn install_node_deps(node_dir: &Path) -> Result<()> {
 
 fn install_python_deps(dir: &Path) -> Result<()> {
     let target = dir.join(".deps/python");
-    if target.is_dir() {
+    let requirements = dir.join("python/requirements.txt");
+    let wanted =
+        fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    // A copy of the requirements installed, to notice when they change.
+    let stamp = target.join("keel-requirements.txt");
+    if fs::read(&stamp).is_ok_and(|installed| installed == wanted) {
         return Ok(());
     }
-    let requirements = dir.join("python/requirements.txt");
+    if target.exists() {
+        fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
+    }
     let staging = dir.join(".deps/python.partial");
     if staging.exists() {
         fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
@@ -584,6 +613,7 @@ fn install_python_deps(dir: &Path) -> Result<()> {
             requirements.display()
         ),
     )?;
+    fs::write(staging.join("keel-requirements.txt"), &wanted)?;
     // Rename last, so an interrupted install is retried rather than trusted.
     fs::rename(&staging, &target)
         .with_context(|| format!("renaming {} to {}", staging.display(), target.display()))
@@ -601,8 +631,9 @@ fn run_tool(cmd: &mut Command, hint: &str) -> Result<()> {
         .stdin(Stdio::null())
         .output()
         .map_err(|err| anyhow!("{hint}\n(could not run {cmd:?}: {err})"))?;
-    std::io::stderr().write_all(&output.stdout).ok();
-    std::io::stderr().write_all(&output.stderr).ok();
+    // eprint!, not io::stderr(), so the test harness captures it.
+    eprint!("{}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
     if !output.status.success() {
         bail!("{hint}\n({cmd:?} exited with {})", output.status);
     }

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::store::{ConfigStore, Snapshot};
 use crate::xds::Generator;
 use crate::xds::ads::AdsServer;
-use crate::xds::gen::KeelGenerator;
+use crate::xds::generator::KeelGenerator;
 
 /// What the debug endpoints read.
 pub struct DebugState {
@@ -126,12 +126,12 @@ async fn config_dump(
             .into_response();
     };
     let snapshot = s.snapshots.borrow().clone();
-    let gen = |t: &str| s.generator.generate(&snapshot, &node, t, None);
+    let generate = |t: &str| s.generator.generate(&snapshot, &node, t, None);
     let dump = ConfigDump {
         configs: vec![
             keel_proto::any::pack(&ClustersConfigDump {
                 version_info: snapshot.generation.to_string(),
-                dynamic_active_clusters: gen(CLUSTER)
+                dynamic_active_clusters: generate(CLUSTER)
                     .into_values()
                     .map(|r| DynamicCluster {
                         version_info: r.version,
@@ -143,7 +143,7 @@ async fn config_dump(
             }),
             keel_proto::any::pack(&ListenersConfigDump {
                 version_info: snapshot.generation.to_string(),
-                dynamic_listeners: gen(LISTENER)
+                dynamic_listeners: generate(LISTENER)
                     .into_values()
                     .map(|r| DynamicListener {
                         name: r.name,
@@ -158,7 +158,7 @@ async fn config_dump(
                 ..Default::default()
             }),
             keel_proto::any::pack(&RoutesConfigDump {
-                dynamic_route_configs: gen(ROUTE)
+                dynamic_route_configs: generate(ROUTE)
                     .into_values()
                     .map(|r| DynamicRouteConfig {
                         version_info: r.version,
@@ -169,7 +169,7 @@ async fn config_dump(
                 ..Default::default()
             }),
             keel_proto::any::pack(&EndpointsConfigDump {
-                dynamic_endpoint_configs: gen(ENDPOINT)
+                dynamic_endpoint_configs: generate(ENDPOINT)
                     .into_values()
                     .map(|r| DynamicEndpointConfig {
                         version_info: r.version,

@@ -3,10 +3,10 @@
 //!
 //! The server ([`ads`]) knows nothing of Istio: it is generic over a
 //! [`Generator`], which turns a snapshot plus a client's identity into named
-//! resources of one type. Keel's generator lives in [`gen`].
+//! resources of one type. Keel's generator lives in [`generator`].
 
 pub mod ads;
-pub mod gen;
+pub mod generator;
 pub mod node;
 
 use std::collections::{BTreeMap, BTreeSet};

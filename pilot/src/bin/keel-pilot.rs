@@ -12,7 +12,7 @@ use keel_pilot::metrics::Metrics;
 use keel_pilot::model::store::ConfigStore;
 use keel_pilot::source::file::{self, Debounce, FileSource};
 use keel_pilot::xds::ads::AdsServer;
-use keel_pilot::xds::gen::KeelGenerator;
+use keel_pilot::xds::generator::KeelGenerator;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 

@@ -101,7 +101,9 @@ impl Duration {
             let int: u128 = if int_part.is_empty() {
                 0
             } else {
-                int_part.parse().map_err(|_| fail("the number is too large"))?
+                int_part
+                    .parse()
+                    .map_err(|_| fail("the number is too large"))?
             };
             let mut nanos = int
                 .checked_mul(unit_nanos)
@@ -134,9 +136,9 @@ impl fmt::Display for Duration {
         let nanos = self.0.subsec_nanos();
         if nanos == 0 {
             write!(f, "{secs}s")
-        } else if nanos % 1_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000) {
             write!(f, "{secs}.{:03}s", nanos / 1_000_000)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             write!(f, "{secs}.{:06}s", nanos / 1_000)
         } else {
             write!(f, "{secs}.{nanos:09}s")
@@ -183,6 +185,7 @@ impl<'de> Deserialize<'de> for Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::time::Duration as Std;
@@ -211,11 +214,19 @@ mod tests {
     fn rejects_bad_input() {
         for bad in ["", "5 seconds", "5", "-1s", "1x", "s", "1.s.", "ms"] {
             let err = Duration::parse(bad).unwrap_err().to_string();
-            assert!(err.contains("expected a number followed by a unit"), "{bad}: {err}");
+            assert!(
+                err.contains("expected a number followed by a unit"),
+                "{bad}: {err}"
+            );
         }
         let err = Duration::parse("5 seconds").unwrap_err().to_string();
         assert!(err.starts_with("invalid duration \"5 seconds\""), "{err}");
-        assert!(Duration::parse("-1s").unwrap_err().to_string().contains("negative"));
+        assert!(
+            Duration::parse("-1s")
+                .unwrap_err()
+                .to_string()
+                .contains("negative")
+        );
         assert!(Duration::parse("9999999999h").is_err());
     }
 

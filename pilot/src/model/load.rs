@@ -50,6 +50,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Collapses a multi-line message (a regex parser's caret diagram, say) onto
+/// one line, so every error is one log line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;
@@ -59,7 +65,7 @@ impl fmt::Display for ConfigError {
         if let Some(p) = &self.path {
             write!(f, ": {p}")?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", one_line(&self.message))
     }
 }
 
@@ -284,11 +290,32 @@ fn load_document(doc: Value, origin: Origin, result: &mut FileResult) {
                 format!("kind {kind} ({api_version}) is not one Keel reads; skipped"),
             ));
         }
-        Some(Err(msg)) => result.errors.push(err(Some("apiVersion"), msg)),
+        Some(Err(msg)) => result.errors.push(ConfigError {
+            object: Some(object_name(&kind, &map)),
+            ..err(Some("apiVersion"), msg)
+        }),
         Some(Ok(())) => match decode(&kind, Value::Object(map), &origin) {
             Ok(object) => result.objects.push(Loaded { origin, object }),
             Err(errs) => result.errors.extend(errs),
         },
+    }
+}
+
+/// `Kind namespace/name` from a raw document, for errors found before decoding.
+fn object_name(kind: &str, doc: &serde_json::Map<String, Value>) -> String {
+    let meta = doc.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>");
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if kind == "Namespace" {
+        format!("Namespace {name}")
+    } else {
+        format!("{kind} {ns}/{name}")
     }
 }
 
@@ -362,24 +389,13 @@ kube_kinds!(
 );
 
 fn decode_one<T: Kind>(doc: Value, origin: &Origin) -> Result<T, Vec<ConfigError>> {
-    let name_of = |doc: &Value| -> String {
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let meta = doc.get("metadata");
-        let name = meta
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("<unnamed>");
-        let ns = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        if kind == "Namespace" {
-            format!("Namespace {name}")
-        } else {
-            format!("{kind} {ns}/{name}")
+    let object = match &doc {
+        Value::Object(map) => {
+            let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+            Some(object_name(kind, map))
         }
+        _ => None,
     };
-    let object = Some(name_of(&doc));
     let at = |path: Option<String>, message: String| ConfigError {
         origin: origin.clone(),
         object: object.clone(),

@@ -18,3 +18,7 @@ pub use gateway::*;
 pub use service_entry::*;
 pub use sidecar::*;
 pub use virtual_service::*;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -516,7 +516,7 @@ fn from_service_entry(se: &ServiceEntry, inputs: &Inputs<'_>) -> Vec<ServiceInfo
         .clone()
         .unwrap_or_else(|| "default".into());
     let name = se.metadata.name.clone().unwrap_or_default();
-    let resolution = spec.resolution.unwrap_or_default();
+    let resolution = spec.resolution;
     let ports: Vec<Port> = spec
         .ports
         .iter()
@@ -616,7 +616,7 @@ fn from_service_entry(se: &ServiceEntry, inputs: &Inputs<'_>) -> Vec<ServiceInfo
                 endpoints: eps,
                 export_to: ExportTo::parse(&spec.export_to, &ns),
                 source: ServiceSource::ServiceEntry {
-                    mesh_external: spec.location == Some(networking::Location::MeshExternal),
+                    mesh_external: spec.location == networking::Location::MeshExternal,
                     resolution,
                 },
             }

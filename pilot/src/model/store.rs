@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use super::load::{ConfigError, FileResult, Loaded, Object, Origin, load_str};
 use super::networking::{
-    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+    Destination, DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService,
+    VirtualServiceSpec, WorkloadEntry,
 };
 use super::registry::{Inputs, Registry, resolve_host};
 use super::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -291,7 +292,7 @@ fn cross_check(objects: &[&Loaded], domain: &str) -> Vec<ConfigError> {
             continue;
         };
         let ns = l.object.namespace();
-        for (path, dest) in vs.spec.destinations() {
+        for (path, dest) in destinations(&vs.spec) {
             let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty()) else {
                 continue;
             };
@@ -310,6 +311,33 @@ fn cross_check(objects: &[&Loaded], domain: &str) -> Vec<ConfigError> {
         }
     }
     errors
+}
+
+/// Every destination a VirtualService names, with its field path.
+fn destinations(spec: &VirtualServiceSpec) -> Vec<(String, &Destination)> {
+    let mut out = Vec::new();
+    for (i, r) in spec.http.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((format!("spec.http[{i}].route[{j}].destination"), &d.destination));
+        }
+        if let Some(m) = &r.mirror {
+            out.push((format!("spec.http[{i}].mirror"), m));
+        }
+        for (j, m) in r.mirrors.iter().enumerate() {
+            out.push((format!("spec.http[{i}].mirrors[{j}].destination"), &m.destination));
+        }
+    }
+    for (i, r) in spec.tcp.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((format!("spec.tcp[{i}].route[{j}].destination"), &d.destination));
+        }
+    }
+    for (i, r) in spec.tls.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((format!("spec.tls[{i}].route[{j}].destination"), &d.destination));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

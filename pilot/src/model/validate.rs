@@ -186,7 +186,7 @@ pub fn check_duration(errs: &mut Errors, path: &str, d: &Duration) {
     let std = d.as_std();
     if std < std::time::Duration::from_millis(1) {
         errs.at(path, format!("duration must be at least 1ms, got {d}"));
-    } else if std.subsec_nanos() % 1_000_000 != 0 {
+    } else if !std.subsec_nanos().is_multiple_of(1_000_000) {
         errs.at(
             path,
             format!("only millisecond precision is supported, got {d}"),
@@ -235,7 +235,9 @@ pub fn check_header_name(errs: &mut Errors, path: &str, name: &str, allow_pseudo
     if !is_header_token(name) {
         errs.at(
             path,
-            format!("invalid header name {name:?}: only letters, digits and !#$%&'*+-.^_`|~ are allowed"),
+            format!(
+                "invalid header name {name:?}: only letters, digits and !#$%&'*+-.^_`|~ are allowed"
+            ),
         );
     }
 }
@@ -257,7 +259,10 @@ pub fn check_export_to(errs: &mut Errors, path: &str, export_to: &[String]) {
         }
     }
     if export_to.len() > 1 && seen.contains("~") {
-        errs.at(path, "exportTo \"~\" (visible nowhere) cannot be combined with other values");
+        errs.at(
+            path,
+            "exportTo \"~\" (visible nowhere) cannot be combined with other values",
+        );
     }
 }
 
@@ -345,7 +350,9 @@ pub fn check_gateway_name(errs: &mut Errors, path: &str, name: &str) {
     if gw.is_empty() || gw.len() > 253 || fqdn_error(gw).is_some() {
         errs.at(
             path,
-            format!("invalid gateway {name:?}: the name must be lowercase letters, digits, '-' and '.'"),
+            format!(
+                "invalid gateway {name:?}: the name must be lowercase letters, digits, '-' and '.'"
+            ),
         );
     }
 }

@@ -388,7 +388,10 @@ enum StreamError {
     #[error(
         "too many resource names for {type_url}: {count} requested, at most {MAX_SUBSCRIBED_NAMES} allowed per type"
     )]
-    TooManyNames { type_url: &'static str, count: usize },
+    TooManyNames {
+        type_url: &'static str,
+        count: usize,
+    },
     /// The generator panicked.
     #[error("generating {type_url} failed: {reason}")]
     Generator {

@@ -357,13 +357,19 @@ impl ServerTlsSettings {
         if self.credential_names.len() > 2 {
             errs.at(
                 format!("{path}.credentialNames"),
-                format!("at most 2 credential names are allowed, got {}", self.credential_names.len()),
+                format!(
+                    "at most 2 credential names are allowed, got {}",
+                    self.credential_names.len()
+                ),
             );
         }
         if self.tls_certificates.len() > 2 {
             errs.at(
                 format!("{path}.tlsCertificates"),
-                format!("at most 2 certificates are allowed, got {}", self.tls_certificates.len()),
+                format!(
+                    "at most 2 certificates are allowed, got {}",
+                    self.tls_certificates.len()
+                ),
             );
         }
         let has_credential = sources > 0;
@@ -373,13 +379,19 @@ impl ServerTlsSettings {
                     if self.server_certificate.is_none() {
                         errs.at(
                             format!("{path}.serverCertificate"),
-                            format!("{} mode needs serverCertificate and privateKey, or credentialName", self.mode.name()),
+                            format!(
+                                "{} mode needs serverCertificate and privateKey, or credentialName",
+                                self.mode.name()
+                            ),
                         );
                     }
                     if self.private_key.is_none() {
                         errs.at(
                             format!("{path}.privateKey"),
-                            format!("{} mode needs serverCertificate and privateKey, or credentialName", self.mode.name()),
+                            format!(
+                                "{} mode needs serverCertificate and privateKey, or credentialName",
+                                self.mode.name()
+                            ),
                         );
                     }
                     if self.mode != ServerTlsMode::Simple
@@ -473,17 +485,16 @@ impl ClientTlsSettings {
                     );
                 }
             }
-            ClientTlsMode::IstioMutual => {
+            ClientTlsMode::IstioMutual
                 if self.client_certificate.is_some()
                     || self.private_key.is_some()
                     || self.ca_certificates.is_some()
-                    || self.credential_name.is_some()
-                {
-                    errs.at(
-                        path,
-                        "ISTIO_MUTUAL mode uses Istio certificates: do not set clientCertificate, privateKey, caCertificates or credentialName",
-                    );
-                }
+                    || self.credential_name.is_some() =>
+            {
+                errs.at(
+                    path,
+                    "ISTIO_MUTUAL mode uses Istio certificates: do not set clientCertificate, privateKey, caCertificates or credentialName",
+                );
             }
             _ => {}
         }

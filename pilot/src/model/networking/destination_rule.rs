@@ -346,7 +346,11 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
     /// Eject after this many 5xx errors (Envoy default 5).
-    #[serde(rename = "consecutive5xxErrors", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "consecutive5xxErrors",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_5xx_errors: Option<u32>,
     /// Eject after this many local-origin failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -444,7 +448,10 @@ impl DestinationRuleSpec {
                 );
             }
             if self.subsets[..i].iter().any(|o| o.name == s.name) {
-                errs.at(format!("{p}.name"), format!("subset name {:?} is defined twice", s.name));
+                errs.at(
+                    format!("{p}.name"),
+                    format!("subset name {:?} is defined twice", s.name),
+                );
             }
             check_labels(errs, &format!("{p}.labels"), &s.labels);
             if let Some(tp) = &s.traffic_policy {
@@ -502,7 +509,10 @@ impl TrafficPolicy {
             if let Some(proto) = &t.protocol
                 && !matches!(proto.as_str(), "CONNECT" | "POST")
             {
-                errs.at(format!("{p}.protocol"), format!("invalid tunnel protocol {proto:?}: must be CONNECT or POST"));
+                errs.at(
+                    format!("{p}.protocol"),
+                    format!("invalid tunnel protocol {proto:?}: must be CONNECT or POST"),
+                );
             }
             if t.target_host.is_empty() {
                 errs.at(format!("{p}.targetHost"), "targetHost is required");
@@ -528,7 +538,10 @@ impl LoadBalancerSettings {
             self.backend_utilization.is_some(),
         ];
         if kinds.iter().filter(|b| **b).count() > 1 {
-            errs.at(path, "only one of simple, consistentHash or backendUtilization may be set");
+            errs.at(
+                path,
+                "only one of simple, consistentHash or backendUtilization may be set",
+            );
         }
         if let Some(ch) = &self.consistent_hash {
             let p = format!("{path}.consistentHash");
@@ -552,9 +565,12 @@ impl LoadBalancerSettings {
                     errs.at(format!("{p}.httpCookie.name"), "cookie name is required");
                 }
                 if let Some(ttl) = &c.ttl
-                    && ttl.as_std().subsec_nanos() % 1_000_000 != 0
+                    && !ttl.as_std().subsec_nanos().is_multiple_of(1_000_000)
                 {
-                    errs.at(format!("{p}.httpCookie.ttl"), format!("only millisecond precision is supported, got {ttl}"));
+                    errs.at(
+                        format!("{p}.httpCookie.ttl"),
+                        format!("only millisecond precision is supported, got {ttl}"),
+                    );
                 }
             }
             if ch.ring_hash.is_some() && ch.maglev.is_some() {
@@ -569,30 +585,50 @@ impl LoadBalancerSettings {
         }
         if let Some(l) = &self.locality_lb_setting {
             let p = format!("{path}.localityLbSetting");
-            if !l.distribute.is_empty() && (!l.failover.is_empty() || !l.failover_priority.is_empty()) {
-                errs.at(&p, "distribute cannot be combined with failover or failoverPriority");
+            if !l.distribute.is_empty()
+                && (!l.failover.is_empty() || !l.failover_priority.is_empty())
+            {
+                errs.at(
+                    &p,
+                    "distribute cannot be combined with failover or failoverPriority",
+                );
             }
             for (i, d) in l.distribute.iter().enumerate() {
                 let sum: u64 = d.to.values().map(|w| u64::from(*w)).sum();
                 if sum != 100 {
-                    errs.at(format!("{p}.distribute[{i}].to"), format!("weights must sum to 100, got {sum}"));
+                    errs.at(
+                        format!("{p}.distribute[{i}].to"),
+                        format!("weights must sum to 100, got {sum}"),
+                    );
                 }
                 if d.from.is_empty() {
-                    errs.at(format!("{p}.distribute[{i}].from"), "from locality is required");
+                    errs.at(
+                        format!("{p}.distribute[{i}].from"),
+                        "from locality is required",
+                    );
                 }
             }
             for (i, f) in l.failover.iter().enumerate() {
                 if f.from.is_empty() || f.to.is_empty() {
-                    errs.at(format!("{p}.failover[{i}]"), "failover needs both from and to regions");
+                    errs.at(
+                        format!("{p}.failover[{i}]"),
+                        "failover needs both from and to regions",
+                    );
                 } else if f.from == f.to {
-                    errs.at(format!("{p}.failover[{i}]"), format!("failover from {:?} to itself", f.from));
+                    errs.at(
+                        format!("{p}.failover[{i}]"),
+                        format!("failover from {:?} to itself", f.from),
+                    );
                 }
             }
         }
         if let Some(z) = &self.zone_aware_lb_setting
             && z.min_cluster_size == Some(0)
         {
-            errs.at(format!("{path}.zoneAwareLbSetting.minClusterSize"), "must be at least 1, got 0");
+            errs.at(
+                format!("{path}.zoneAwareLbSetting.minClusterSize"),
+                "must be at least 1, got 0",
+            );
         }
         if let Some(d) = &self.warmup_duration_secs {
             check_duration(errs, &format!("{path}.warmupDurationSecs"), d);
@@ -606,7 +642,10 @@ impl LoadBalancerSettings {
             if let Some(a) = w.aggression
                 && a < 0.0
             {
-                errs.at(format!("{p}.aggression"), format!("must not be negative, got {a}"));
+                errs.at(
+                    format!("{p}.aggression"),
+                    format!("must not be negative, got {a}"),
+                );
             }
             if self.warmup_duration_secs.is_some() {
                 errs.at(&p, "only one of warmup or warmupDurationSecs may be set");
@@ -620,7 +659,10 @@ impl OutlierDetection {
         if let Some(c) = self.consecutive_errors
             && c < 0
         {
-            errs.at(format!("{path}.consecutiveErrors"), format!("must not be negative, got {c}"));
+            errs.at(
+                format!("{path}.consecutiveErrors"),
+                format!("must not be negative, got {c}"),
+            );
         }
         if let Some(v) = self.max_ejection_percent {
             check_percent_int(errs, &format!("{path}.maxEjectionPercent"), v);

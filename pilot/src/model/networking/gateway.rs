@@ -80,7 +80,10 @@ impl GatewaySpec {
 
 impl Server {
     fn validate(&self, errs: &mut Errors, path: &str) {
-        let unix = self.bind.as_deref().is_some_and(|b| b.starts_with("unix://"));
+        let unix = self
+            .bind
+            .as_deref()
+            .is_some_and(|b| b.starts_with("unix://"));
         if !(unix && self.port.number == 0) {
             check_port(errs, &format!("{path}.port.number"), self.port.number);
         }
@@ -107,7 +110,10 @@ impl Server {
         match &self.tls {
             None if tls_port => errs.at(
                 format!("{path}.tls"),
-                format!("tls is required for {} servers (set tls.mode)", self.port.protocol),
+                format!(
+                    "tls is required for {} servers (set tls.mode)",
+                    self.port.protocol
+                ),
             ),
             None => {}
             Some(tls) => {

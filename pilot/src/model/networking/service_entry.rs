@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{WorkloadSelector, check_protocol, check_workload_selector};
 use crate::model::validate::{
-    Errors, check_export_to, check_labels, check_port, fqdn_error, is_dns1123_label,
-    is_ip_or_cidr, wildcard_host_error,
+    Errors, check_export_to, check_labels, check_port, fqdn_error, is_dns1123_label, is_ip_or_cidr,
+    wildcard_host_error,
 };
 
 /// Prefix marking a Unix domain socket address.
@@ -162,7 +162,10 @@ impl WorkloadEntrySpec {
                         );
                     }
                     if !self.ports.is_empty() {
-                        errs.at(format!("{path}.ports"), "a unix:// address cannot have ports");
+                        errs.at(
+                            format!("{path}.ports"),
+                            "a unix:// address cannot have ports",
+                        );
                     }
                 } else if a.parse::<std::net::IpAddr>().is_err() && fqdn_error(a).is_some() {
                     errs.at(
@@ -175,7 +178,10 @@ impl WorkloadEntrySpec {
         for (name, port) in &self.ports {
             let p = format!("{path}.ports.{name}");
             if !is_dns1123_label(name) {
-                errs.at(&p, format!("invalid port name {name:?}: must be a lowercase DNS-1123 label"));
+                errs.at(
+                    &p,
+                    format!("invalid port name {name:?}: must be a lowercase DNS-1123 label"),
+                );
             }
             check_port(errs, &p, *port);
         }
@@ -193,7 +199,10 @@ impl ServiceEntrySpec {
         for (i, h) in self.hosts.iter().enumerate() {
             let p = format!("spec.hosts[{i}]");
             if h == "*" {
-                errs.at(&p, "host \"*\" is not allowed: name the hosts, or use \"*.domain\"");
+                errs.at(
+                    &p,
+                    "host \"*\" is not allowed: name the hosts, or use \"*.domain\"",
+                );
             } else if let Some(msg) = wildcard_host_error(h) {
                 errs.at(&p, msg);
             } else if dns && self.endpoints.is_empty() && h.starts_with('*') {
@@ -209,9 +218,17 @@ impl ServiceEntrySpec {
         for (i, a) in self.addresses.iter().enumerate() {
             let p = format!("spec.addresses[{i}]");
             if !is_ip_or_cidr(a) {
-                errs.at(&p, format!("invalid address {a:?}: must be an IP address or CIDR"));
-            } else if a.contains('/') && !matches!(self.resolution, Resolution::None | Resolution::Static) {
-                errs.at(&p, format!("CIDR address {a:?} is only allowed with NONE or STATIC resolution"));
+                errs.at(
+                    &p,
+                    format!("invalid address {a:?}: must be an IP address or CIDR"),
+                );
+            } else if a.contains('/')
+                && !matches!(self.resolution, Resolution::None | Resolution::Static)
+            {
+                errs.at(
+                    &p,
+                    format!("CIDR address {a:?} is only allowed with NONE or STATIC resolution"),
+                );
             }
         }
         let mut numbers = Vec::new();
@@ -220,13 +237,19 @@ impl ServiceEntrySpec {
             let p = format!("spec.ports[{i}]");
             check_port(errs, &format!("{p}.number"), port.number);
             if numbers.contains(&port.number) {
-                errs.at(format!("{p}.number"), format!("port number {} is listed twice", port.number));
+                errs.at(
+                    format!("{p}.number"),
+                    format!("port number {} is listed twice", port.number),
+                );
             }
             numbers.push(port.number);
             if port.name.is_empty() {
                 errs.at(format!("{p}.name"), "port name is required");
             } else if names.contains(&port.name.as_str()) {
-                errs.at(format!("{p}.name"), format!("port name {:?} is listed twice", port.name));
+                errs.at(
+                    format!("{p}.name"),
+                    format!("port name {:?} is listed twice", port.name),
+                );
             }
             names.push(port.name.as_str());
             if let Some(proto) = &port.protocol {
@@ -239,20 +262,32 @@ impl ServiceEntrySpec {
         if let Some(sel) = &self.workload_selector {
             check_workload_selector(errs, "spec.workloadSelector", sel);
             if !self.endpoints.is_empty() {
-                errs.at("spec", "only one of endpoints or workloadSelector may be set");
+                errs.at(
+                    "spec",
+                    "only one of endpoints or workloadSelector may be set",
+                );
             }
         }
         match self.resolution {
             Resolution::None | Resolution::DynamicDns if !self.endpoints.is_empty() => {
-                errs.at("spec.endpoints", "endpoints are not allowed with NONE or DYNAMIC_DNS resolution");
+                errs.at(
+                    "spec.endpoints",
+                    "endpoints are not allowed with NONE or DYNAMIC_DNS resolution",
+                );
             }
             Resolution::Static if self.endpoints.is_empty() && self.workload_selector.is_none() => {
-                errs.at("spec.endpoints", "STATIC resolution needs endpoints or a workloadSelector");
+                errs.at(
+                    "spec.endpoints",
+                    "STATIC resolution needs endpoints or a workloadSelector",
+                );
             }
             Resolution::DnsRoundRobin if self.endpoints.len() > 1 => {
                 errs.at(
                     "spec.endpoints",
-                    format!("DNS_ROUND_ROBIN resolution allows at most one endpoint, got {}", self.endpoints.len()),
+                    format!(
+                        "DNS_ROUND_ROBIN resolution allows at most one endpoint, got {}",
+                        self.endpoints.len()
+                    ),
                 );
             }
             _ => {}

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    ConnectionPoolSettings, Destination, Port, ServerTlsSettings, WorkloadSelector,
-    check_protocol, check_workload_selector,
+    ConnectionPoolSettings, Destination, Port, ServerTlsSettings, WorkloadSelector, check_protocol,
+    check_workload_selector,
 };
 use crate::model::validate::{Errors, check_namespaced_host, check_port};
 
@@ -123,7 +123,10 @@ fn check_bind(errs: &mut Errors, path: &str, bind: &Option<String>) {
         && !b.starts_with("unix://")
         && b.parse::<std::net::IpAddr>().is_err()
     {
-        errs.at(path, format!("invalid bind {b:?}: must be an IP address or unix:// socket path"));
+        errs.at(
+            path,
+            format!("invalid bind {b:?}: must be an IP address or unix:// socket path"),
+        );
     }
 }
 
@@ -148,7 +151,9 @@ fn default_endpoint_error(ep: &str) -> Option<String> {
         .find_map(|p| ep.strip_prefix(p));
     match port.map(str::parse::<u32>) {
         Some(Ok(p)) if (1..=65535).contains(&p) => None,
-        Some(_) => Some(format!("invalid defaultEndpoint {ep:?}: the port must be a number between 1 and 65535")),
+        Some(_) => Some(format!(
+            "invalid defaultEndpoint {ep:?}: the port must be a number between 1 and 65535"
+        )),
         None => Some(format!(
             "invalid defaultEndpoint {ep:?}: must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, [::]:PORT or unix://PATH"
         )),
@@ -172,7 +177,10 @@ impl SidecarSpec {
         for (i, l) in self.ingress.iter().enumerate() {
             let p = format!("spec.ingress[{i}]");
             match &l.port {
-                None => errs.at(format!("{p}.port"), "port is required for ingress listeners"),
+                None => errs.at(
+                    format!("{p}.port"),
+                    "port is required for ingress listeners",
+                ),
                 Some(port) => {
                     check_listener_port(errs, &format!("{p}.port"), port, &l.bind);
                     let key = (port.number, l.bind.clone());
@@ -204,7 +212,10 @@ impl SidecarSpec {
             match &l.port {
                 None => {
                     if catch_all {
-                        errs.at(format!("{p}.port"), "only one egress listener may omit port (the catch-all listener)");
+                        errs.at(
+                            format!("{p}.port"),
+                            "only one egress listener may omit port (the catch-all listener)",
+                        );
                     }
                     catch_all = true;
                 }

@@ -21,9 +21,7 @@ mod http;
 pub use http::*;
 
 /// Routing rules for a set of hosts.
-#[derive(
-    kube::CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize,
-)]
+#[derive(kube::CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "networking.istio.io",
     version = "v1",
@@ -194,7 +192,10 @@ impl VirtualServiceSpec {
         }
         check_export_to(errs, "spec.exportTo", &self.export_to);
         if self.http.is_empty() && self.tls.is_empty() && self.tcp.is_empty() && !delegate {
-            errs.at("spec", "at least one of http, tls or tcp routes is required");
+            errs.at(
+                "spec",
+                "at least one of http, tls or tcp routes is required",
+            );
         }
         for (i, route) in self.http.iter().enumerate() {
             route.validate(errs, &format!("spec.http[{i}]"), delegate);
@@ -202,12 +203,18 @@ impl VirtualServiceSpec {
         for (i, route) in self.tls.iter().enumerate() {
             let p = format!("spec.tls[{i}]");
             if route.matches.is_empty() {
-                errs.at(format!("{p}.match"), "a TLS route needs at least one match with sniHosts");
+                errs.at(
+                    format!("{p}.match"),
+                    "a TLS route needs at least one match with sniHosts",
+                );
             }
             for (j, m) in route.matches.iter().enumerate() {
                 let mp = format!("{p}.match[{j}]");
                 if m.sni_hosts.is_empty() {
-                    errs.at(format!("{mp}.sniHosts"), "at least one SNI host is required");
+                    errs.at(
+                        format!("{mp}.sniHosts"),
+                        "at least one SNI host is required",
+                    );
                 }
                 for (k, sni) in m.sni_hosts.iter().enumerate() {
                     let sp = format!("{mp}.sniHosts[{k}]");
@@ -216,7 +223,9 @@ impl VirtualServiceSpec {
                     } else if !self.hosts.iter().any(|h| hosts_overlap(h, sni)) {
                         errs.at(
                             &sp,
-                            format!("SNI host {sni:?} does not match any of the VirtualService's hosts"),
+                            format!(
+                                "SNI host {sni:?} does not match any of the VirtualService's hosts"
+                            ),
                         );
                     }
                 }
@@ -264,7 +273,10 @@ impl VirtualServiceSpec {
 pub fn hosts_overlap(a: &str, b: &str) -> bool {
     fn suffix_match(wild: &str, other: &str) -> bool {
         let suffix = &wild[1..];
-        other.ends_with(suffix) || other.strip_prefix('*').is_some_and(|o| o.ends_with(suffix) || suffix.ends_with(o))
+        other.ends_with(suffix)
+            || other
+                .strip_prefix('*')
+                .is_some_and(|o| o.ends_with(suffix) || suffix.ends_with(o))
     }
     a == b
         || a == "*"
@@ -345,7 +357,8 @@ fn check_route_destinations(errs: &mut Errors, path: &str, route: &[RouteDestina
         errs.at(path, "at least one destination is required");
     }
     for (i, r) in route.iter().enumerate() {
-        r.destination.validate(errs, &format!("{path}[{i}].destination"));
+        r.destination
+            .validate(errs, &format!("{path}[{i}].destination"));
     }
     let weights: Vec<Option<i64>> = route.iter().map(|r| r.weight).collect();
     check_weights(errs, path, &weights);
@@ -383,11 +396,17 @@ fn check_cors(errs: &mut Errors, path: &str, cors: &CorsPolicy) {
         if !HTTP_METHODS.contains(&m.as_str()) {
             errs.at(
                 format!("{path}.allowMethods[{i}]"),
-                format!("invalid method {m:?}: must be one of {}", HTTP_METHODS.join(", ")),
+                format!(
+                    "invalid method {m:?}: must be one of {}",
+                    HTTP_METHODS.join(", ")
+                ),
             );
         }
     }
-    for (field, list) in [("allowHeaders", &cors.allow_headers), ("exposeHeaders", &cors.expose_headers)] {
+    for (field, list) in [
+        ("allowHeaders", &cors.allow_headers),
+        ("exposeHeaders", &cors.expose_headers),
+    ] {
         for (i, h) in list.iter().enumerate() {
             if h != "*" && !is_header_token(h) {
                 errs.at(
@@ -399,7 +418,10 @@ fn check_cors(errs: &mut Errors, path: &str, cors: &CorsPolicy) {
     }
     if let Some(d) = &cors.max_age {
         if d.as_std().subsec_nanos() != 0 {
-            errs.at(format!("{path}.maxAge"), format!("maxAge is in whole seconds, got {d}"));
+            errs.at(
+                format!("{path}.maxAge"),
+                format!("maxAge is in whole seconds, got {d}"),
+            );
         } else {
             check_duration(errs, &format!("{path}.maxAge"), d);
         }
@@ -415,7 +437,10 @@ fn check_percentage(errs: &mut Errors, path: &str, p: &Option<Percent>) {
 fn check_string_match(errs: &mut Errors, path: &str, m: &Option<StringMatch>, delegate: bool) {
     if let Some(m) = m {
         if delegate && m.is_regex() {
-            errs.at(path, "regex matches are not supported in a delegate VirtualService");
+            errs.at(
+                path,
+                "regex matches are not supported in a delegate VirtualService",
+            );
         } else {
             m.validate(errs, path);
         }
@@ -439,9 +464,6 @@ fn check_optional_matches(
         check_string_match(errs, &p, &m.0, delegate);
     }
 }
-
-
-
 
 fn check_opt_duration(errs: &mut Errors, path: &str, d: &Option<Duration>) {
     if let Some(d) = d {

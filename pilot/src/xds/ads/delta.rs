@@ -59,7 +59,7 @@ pub(super) async fn run<G: Generator>(
 }
 
 enum Event {
-    Request(DeltaDiscoveryRequest),
+    Request(Box<DeltaDiscoveryRequest>),
     Config,
     Done,
 }
@@ -112,10 +112,13 @@ impl<G: Generator> Stream<G> {
         loop {
             let event = tokio::select! {
                 msg = inbound.message() => match msg {
-                    Ok(Some(req)) => Event::Request(req),
+                    Ok(Some(req)) => Event::Request(Box::new(req)),
                     Ok(None) => Event::Done,
                     Err(status) => {
                         tracing::debug!(connection = %self.conn.id, %status, "xDS stream read failed");
+                        // Tell the client why (an oversized or undecodable
+                        // message); if it is gone, nobody is listening anyway.
+                        let _ = self.tx.try_send(Err(status));
                         Event::Done
                     }
                 },
@@ -132,7 +135,7 @@ impl<G: Generator> Stream<G> {
                 () = self.tx.closed() => Event::Done,
             };
             match event {
-                Event::Request(req) => self.on_request(req).await?,
+                Event::Request(req) => self.on_request(*req).await?,
                 Event::Config => self.on_config().await?,
                 Event::Done => return Ok(()),
             }
@@ -153,7 +156,14 @@ impl<G: Generator> Stream<G> {
             let latest = nonce == w.sent_nonce;
             match &req.error_detail {
                 // Every delta response matters, so a NACK of an older one counts too.
-                Some(err) => w.last_nack = Some(self.conn.nack(type_url, &nonce, &err.message)),
+                Some(err) => {
+                    let rejected = if latest {
+                        w.sent_version.clone()
+                    } else {
+                        format!("(older response, nonce {nonce})")
+                    };
+                    w.last_nack = Some(self.conn.nack(type_url, &rejected, &err.message));
+                }
                 None if latest => {
                     w.acked_version = w.sent_version.clone();
                     w.acked_nonce = nonce;

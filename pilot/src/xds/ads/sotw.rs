@@ -56,7 +56,7 @@ pub(super) async fn run<G: Generator>(
 
 /// What woke the stream up.
 enum Event {
-    Request(DiscoveryRequest),
+    Request(Box<DiscoveryRequest>),
     Config,
     Done,
 }
@@ -109,10 +109,13 @@ impl<G: Generator> Stream<G> {
         loop {
             let event = tokio::select! {
                 msg = inbound.message() => match msg {
-                    Ok(Some(req)) => Event::Request(req),
+                    Ok(Some(req)) => Event::Request(Box::new(req)),
                     Ok(None) => Event::Done,
                     Err(status) => {
                         tracing::debug!(connection = %self.conn.id, %status, "xDS stream read failed");
+                        // Tell the client why (an oversized or undecodable
+                        // message); if it is gone, nobody is listening anyway.
+                        let _ = self.tx.try_send(Err(status));
                         Event::Done
                     }
                 },
@@ -129,7 +132,7 @@ impl<G: Generator> Stream<G> {
                 () = self.tx.closed() => Event::Done,
             };
             match event {
-                Event::Request(req) => self.on_request(req).await?,
+                Event::Request(req) => self.on_request(*req).await?,
                 Event::Config => self.on_config().await?,
                 Event::Done => return Ok(()),
             }

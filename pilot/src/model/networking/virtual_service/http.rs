@@ -114,7 +114,11 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<HttpMirrorPolicy>,
     /// Deprecated integer mirror percentage (`mirror_percent` accepted).
-    #[serde(default, alias = "mirror_percent", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "mirror_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mirror_percent: Option<u32>,
     /// Share of traffic mirrored, 0–100 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -373,9 +377,16 @@ impl HttpRetry {
         if let Some(a) = self.attempts
             && a < 0
         {
-            errs.at(format!("{path}.attempts"), format!("must not be negative, got {a}"));
+            errs.at(
+                format!("{path}.attempts"),
+                format!("must not be negative, got {a}"),
+            );
         }
-        check_opt_duration(errs, &format!("{path}.perTryTimeout"), &self.per_try_timeout);
+        check_opt_duration(
+            errs,
+            &format!("{path}.perTryTimeout"),
+            &self.per_try_timeout,
+        );
         check_opt_duration(errs, &format!("{path}.backoff"), &self.backoff);
         if let Some(on) = &self.retry_on {
             for cond in on.split(',').map(str::trim) {
@@ -519,9 +530,10 @@ fn sets_authority(h: &Option<Headers>) -> bool {
     h.as_ref()
         .and_then(|h| h.request.as_ref())
         .is_some_and(|r| {
-            r.set.keys().chain(r.add.keys()).any(|k| {
-                k.eq_ignore_ascii_case(":authority") || k.eq_ignore_ascii_case("host")
-            })
+            r.set
+                .keys()
+                .chain(r.add.keys())
+                .any(|k| k.eq_ignore_ascii_case(":authority") || k.eq_ignore_ascii_case("host"))
         })
 }
 
@@ -532,7 +544,10 @@ impl HttpRoute {
         let has_route = !self.route.is_empty();
         if let Some(d) = &self.delegate {
             if delegate {
-                errs.at(format!("{path}.delegate"), "a delegate VirtualService cannot delegate again");
+                errs.at(
+                    format!("{path}.delegate"),
+                    "a delegate VirtualService cannot delegate again",
+                );
             }
             if d.name.is_empty() {
                 errs.at(format!("{path}.delegate.name"), "delegate name is required");
@@ -574,8 +589,20 @@ impl HttpRoute {
             check_string_match(errs, &format!("{mp}.method"), &m.method, delegate);
             check_string_match(errs, &format!("{mp}.authority"), &m.authority, delegate);
             check_optional_matches(errs, &format!("{mp}.headers"), &m.headers, delegate, true);
-            check_optional_matches(errs, &format!("{mp}.withoutHeaders"), &m.without_headers, delegate, true);
-            check_optional_matches(errs, &format!("{mp}.queryParams"), &m.query_params, delegate, false);
+            check_optional_matches(
+                errs,
+                &format!("{mp}.withoutHeaders"),
+                &m.without_headers,
+                delegate,
+                true,
+            );
+            check_optional_matches(
+                errs,
+                &format!("{mp}.queryParams"),
+                &m.query_params,
+                delegate,
+                false,
+            );
             check_match_common(
                 errs,
                 &mp,
@@ -619,22 +646,35 @@ impl HttpRoute {
         if let Some(p) = self.mirror_percent
             && p > 100
         {
-            errs.at(format!("{path}.mirrorPercent"), format!("must be between 0 and 100, got {p}"));
+            errs.at(
+                format!("{path}.mirrorPercent"),
+                format!("must be between 0 and 100, got {p}"),
+            );
         }
-        check_percentage(errs, &format!("{path}.mirrorPercentage"), &self.mirror_percentage);
+        check_percentage(
+            errs,
+            &format!("{path}.mirrorPercentage"),
+            &self.mirror_percentage,
+        );
         if let Some(r) = &self.redirect {
             r.validate(errs, &format!("{path}.redirect"));
         }
         if let Some(d) = &self.direct_response {
             let dp = format!("{path}.directResponse");
             if !(200..=599).contains(&d.status) {
-                errs.at(format!("{dp}.status"), format!("must be between 200 and 599, got {}", d.status));
+                errs.at(
+                    format!("{dp}.status"),
+                    format!("must be between 200 and 599, got {}", d.status),
+                );
             }
             if let Some(b) = &d.body
                 && b.string.is_some()
                 && b.bytes.is_some()
             {
-                errs.at(format!("{dp}.body"), "only one of string or bytes may be set");
+                errs.at(
+                    format!("{dp}.body"),
+                    "only one of string or bytes may be set",
+                );
             }
         }
         if let Some(rw) = &self.rewrite {
@@ -708,28 +748,44 @@ impl HttpFaultInjection {
         if let Some(a) = &self.abort {
             let ap = format!("{path}.abort");
             check_percentage(errs, &format!("{ap}.percentage"), &a.percentage);
-            let set = [a.http_status.is_some(), a.grpc_status.is_some(), a.http2_error.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let set = [
+                a.http_status.is_some(),
+                a.grpc_status.is_some(),
+                a.http2_error.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if set != 1 {
-                errs.at(&ap, "abort must set exactly one of httpStatus or grpcStatus");
+                errs.at(
+                    &ap,
+                    "abort must set exactly one of httpStatus or grpcStatus",
+                );
             }
             if let Some(s) = a.http_status
                 && !(200..=599).contains(&s)
             {
-                errs.at(format!("{ap}.httpStatus"), format!("must be between 200 and 599, got {s}"));
+                errs.at(
+                    format!("{ap}.httpStatus"),
+                    format!("must be between 200 and 599, got {s}"),
+                );
             }
             if let Some(g) = &a.grpc_status
                 && !GRPC_STATUS_CODES.contains(&g.as_str())
             {
                 errs.at(
                     format!("{ap}.grpcStatus"),
-                    format!("invalid gRPC status {g:?}: must be one of {}", GRPC_STATUS_CODES.join(", ")),
+                    format!(
+                        "invalid gRPC status {g:?}: must be one of {}",
+                        GRPC_STATUS_CODES.join(", ")
+                    ),
                 );
             }
             if a.http2_error.is_some() {
-                errs.at(format!("{ap}.http2Error"), "http2Error aborts are not supported; use httpStatus or grpcStatus");
+                errs.at(
+                    format!("{ap}.http2Error"),
+                    "http2Error aborts are not supported; use httpStatus or grpcStatus",
+                );
             }
         }
         if let Some(d) = &self.delay {
@@ -739,7 +795,10 @@ impl HttpFaultInjection {
                 check_percent(errs, &format!("{dp}.percent"), p as f64);
             }
             if d.exponential_delay.is_some() {
-                errs.at(format!("{dp}.exponentialDelay"), "exponentialDelay is not supported; use fixedDelay");
+                errs.at(
+                    format!("{dp}.exponentialDelay"),
+                    "exponentialDelay is not supported; use fixedDelay",
+                );
             }
             match &d.fixed_delay {
                 Some(fd) => check_duration(errs, &format!("{dp}.fixedDelay"), fd),

@@ -301,6 +301,7 @@ fn translate_route(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> Vec<Route> {
                     Some(FaultAbort {
                         error_type: Some(error),
                         percentage: Some(fraction(percent(a.percentage.map(|p| p.value), None))),
+                        ..Default::default()
                     })
                 }),
                 ..Default::default()
@@ -478,7 +479,11 @@ fn action(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> route::Action {
                 ..Default::default()
             })
         });
-        return route::Action::DirectResponse(DirectResponseAction { status: dr.status, body });
+        return route::Action::DirectResponse(DirectResponseAction {
+            status: dr.status,
+            body,
+            ..Default::default()
+        });
     }
     let mut a = RouteAction::default();
     let dests: Vec<(String, i64, Option<&Headers>)> = r

@@ -41,8 +41,7 @@ impl<'a> Scope<'a> {
             .collect();
         let allow_any = sidecar
             .and_then(|sc| sc.spec.outbound_traffic_policy.as_ref())
-            .and_then(|p| p.mode)
-            .is_none_or(|m| m != crate::model::networking::OutboundTrafficPolicyMode::RegistryOnly);
+            .is_none_or(|p| p.mode != crate::model::networking::OutboundTrafficPolicyMode::RegistryOnly);
         let gateways = if node.proxy_type == ProxyType::Router {
             snap.config
                 .gateways
@@ -154,7 +153,7 @@ impl<'a> Scope<'a> {
                         .spec
                         .workload_selector
                         .as_ref()
-                        .is_none_or(|sel| ns == self.node.namespace && labels_match(&sel.labels, &self.node.labels))
+                        .is_none_or(|sel| ns == self.node.namespace && labels_match(&sel.match_labels, &self.node.labels))
                     && host_matches(&self.resolve(&dr.spec.host, ns), hostname)
             })
             .collect();
@@ -219,9 +218,9 @@ pub fn labels_match(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn find_sidecar<'a>(snap: &'a Snapshot, node: &NodeInfo) -> Option<&'a Sidecar> {
+fn find_sidecar<'a>(snap: &'a Snapshot, node: &'a NodeInfo) -> Option<&'a Sidecar> {
     let sidecars = &snap.config.sidecars;
-    let in_ns = |ns: &str| sidecars.iter().filter(move |s| ns_of(&s.metadata) == ns);
+    let in_ns = |ns: &'a str| sidecars.iter().filter(move |s| ns_of(&s.metadata) == ns);
     in_ns(&node.namespace)
         .find(|s| {
             s.spec

@@ -25,7 +25,7 @@ use super::util::{ads, duration, socket, string_struct, string_value, u32v};
 use super::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, cluster_name};
 use crate::model::networking::{
     ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resolution,
-    SimpleLb, TrafficPolicy,
+    PortTrafficPolicy, SimpleLb, TrafficPolicy,
 };
 use crate::model::registry::{Protocol, ServiceInfo, ServiceSource};
 use crate::xds::Resource;
@@ -169,9 +169,9 @@ fn outbound_cluster(
     // (and its own port-level settings) override both.
     let policies: Vec<&TrafficPolicy> = [base, subset].into_iter().flatten().collect();
     let _ = dr;
-    let lb = pick(&policies, port, |p| p.load_balancer.as_ref());
-    let pool = pick(&policies, port, |p| p.connection_pool.as_ref());
-    let outlier = pick(&policies, port, |p| p.outlier_detection.as_ref());
+    let lb = pick(&policies, port, |p| p.load_balancer.as_ref(), |p| p.load_balancer.as_ref());
+    let pool = pick(&policies, port, |p| p.connection_pool.as_ref(), |p| p.connection_pool.as_ref());
+    let outlier = pick(&policies, port, |p| p.outlier_detection.as_ref(), |p| p.outlier_detection.as_ref());
     if c.lb_policy != cluster::LbPolicy::ClusterProvided as i32 {
         apply_lb(&mut c, lb);
     }
@@ -182,19 +182,20 @@ fn outbound_cluster(
     Resource::new(name, &c)
 }
 
-/// The most specific setting: the last policy's port-level entry for this
-/// port, else its top level, walking from the subset back to the rule.
+/// The most specific setting: the port-level entry for this port, else the
+/// top level, walking from the subset's policy back to the rule's.
 fn pick<'p, T>(
     policies: &[&'p TrafficPolicy],
     port: u32,
-    get: impl Fn(&'p TrafficPolicy) -> Option<&'p T> + Copy,
+    top: impl Fn(&'p TrafficPolicy) -> Option<&'p T>,
+    port_level: impl Fn(&'p PortTrafficPolicy) -> Option<&'p T>,
 ) -> Option<&'p T> {
     policies.iter().rev().find_map(|p| {
         p.port_level_settings
             .iter()
             .filter(|pl| pl.port.as_ref().is_some_and(|s| s.number == port))
-            .find_map(|pl| pl.to_traffic_policy_ref(get))
-            .or_else(|| get(p))
+            .find_map(&port_level)
+            .or_else(|| top(p))
     })
 }
 
@@ -277,7 +278,9 @@ fn apply_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>, grpc: bool
 }
 
 fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
-    let consecutive_5xx = od.consecutive_5xx_errors.or(od.consecutive_errors);
+    let consecutive_5xx = od
+        .consecutive_5xx_errors
+        .or(od.consecutive_errors.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32));
     let mut e = EnvoyOutlier {
         interval: od.interval.as_ref().map(|d| duration(d.0)),
         base_ejection_time: od.base_ejection_time.as_ref().map(|d| duration(d.0)),
@@ -289,16 +292,16 @@ fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
         ..Default::default()
     };
     if let Some(n) = consecutive_5xx.filter(|n| *n > 0) {
-        e.consecutive_5xx = u32v(n.clamp(0, i64::from(u32::MAX)) as u32);
+        e.consecutive_5xx = u32v(n);
     }
     if let Some(n) = od.consecutive_gateway_errors.filter(|n| *n > 0) {
-        e.consecutive_gateway_failure = u32v(n.clamp(0, i64::from(u32::MAX)) as u32);
+        e.consecutive_gateway_failure = u32v(n);
     }
     if od.split_external_local_origin_errors == Some(true) {
         e.split_external_local_origin_errors = true;
         e.consecutive_local_origin_failure = od
             .consecutive_local_origin_failures
-            .and_then(|n| u32v(n.clamp(0, i64::from(u32::MAX)) as u32));
+            .and_then(u32v);
     }
     c.outlier_detection = Some(e);
     if let Some(min) = od.min_health_percent {
