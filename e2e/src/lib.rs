@@ -105,11 +105,17 @@ fn find_or_build_bin(package: &str, bin: &str) -> Result<PathBuf> {
         "keel-e2e: {} missing or older than the tests, running {cmd:?}",
         path.display()
     );
-    let status = cmd
-        .status()
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
         .with_context(|| format!("running {cmd:?}: is cargo on PATH?"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status}); fix the build, or build {bin} by hand");
+    // eprint!, not io::stderr(), so the test harness captures it.
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}); its output is above: fix the build, or build {bin} by hand",
+            output.status
+        );
     }
     if !path.is_file() {
         bail!(

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// How pilot is run.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "keel-pilot", version, about = "Keel's control plane: Istio config in, Envoy xDS v3 (ADS) out")]
+#[command(
+    name = "keel-pilot",
+    version,
+    about = "Keel's control plane: Istio config in, Envoy xDS v3 (ADS) out"
+)]
 pub struct Config {
     /// Directory of Istio/Kubernetes YAML or JSON, read recursively and watched.
     #[arg(long, env = "KEEL_CONFIG_DIR")]

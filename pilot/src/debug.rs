@@ -53,7 +53,10 @@ pub fn router(state: Arc<DebugState>) -> Router {
 
 async fn metrics(State(s): State<Arc<DebugState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
         .into_response()
@@ -121,7 +124,9 @@ async fn config_dump(
     let Some(node) = s.ads.node(id) else {
         return (
             StatusCode::NOT_FOUND,
-            format!("no connected client has node id {id:?}; see /debug/syncz for connected clients\n"),
+            format!(
+                "no connected client has node id {id:?}; see /debug/syncz for connected clients\n"
+            ),
         )
             .into_response();
     };

@@ -140,7 +140,13 @@ impl Histogram {
         let bucket = format!("{}_bucket", self.name);
         for (b, n) in self.bounds.iter().zip(&self.buckets) {
             let le = b.to_string();
-            series(out, &bucket, &["le"], &[le], &n.load(Ordering::Relaxed).to_string());
+            series(
+                out,
+                &bucket,
+                &["le"],
+                &[le],
+                &n.load(Ordering::Relaxed).to_string(),
+            );
         }
         let count = self.count().to_string();
         series(out, &bucket, &["le"], &["+Inf".to_string()], &count);
@@ -185,20 +191,49 @@ impl Metrics {
     /// Creates the metrics, all zero.
     pub fn new() -> Self {
         Self {
-            xds_clients: Gauge::new("pilot_xds", "Number of endpoints connected to this pilot using XDS."),
-            pushes: CounterVec::new("pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.", &["type"]),
-            rejects: CounterVec::new("pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy.", &["type"]),
-            stream_errors: CounterVec::new("pilot_total_xds_internal_errors", "Total number of xDS streams ended because of a malformed or invalid request.", &["reason"]),
+            xds_clients: Gauge::new(
+                "pilot_xds",
+                "Number of endpoints connected to this pilot using XDS.",
+            ),
+            pushes: CounterVec::new(
+                "pilot_xds_pushes",
+                "Pilot build and send errors for lds, rds, cds and eds.",
+                &["type"],
+            ),
+            rejects: CounterVec::new(
+                "pilot_total_xds_rejects",
+                "Total number of XDS responses from pilot rejected by proxy.",
+                &["type"],
+            ),
+            stream_errors: CounterVec::new(
+                "pilot_total_xds_internal_errors",
+                "Total number of xDS streams ended because of a malformed or invalid request.",
+                &["reason"],
+            ),
             convergence: Histogram::new(
                 "pilot_proxy_convergence_time",
                 "Delay in seconds between config change and a proxy receiving all required configuration.",
                 &[0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0],
             ),
             services: Gauge::new("pilot_services", "Total services known to pilot."),
-            virt_services: Gauge::new("pilot_virt_services", "Total virtual services known to pilot."),
-            rejected_files: Gauge::new("pilot_config_rejected_files", "Config files currently rejected by validation; their last good version keeps serving."),
-            validation_errors: CounterVec::new("pilot_total_config_validation_errors", "Validation errors found in config, by resource kind.", &["kind"]),
-            reloads: CounterVec::new("pilot_config_reloads", "Config reloads, by result.", &["result"]),
+            virt_services: Gauge::new(
+                "pilot_virt_services",
+                "Total virtual services known to pilot.",
+            ),
+            rejected_files: Gauge::new(
+                "pilot_config_rejected_files",
+                "Config files currently rejected by validation; their last good version keeps serving.",
+            ),
+            validation_errors: CounterVec::new(
+                "pilot_total_config_validation_errors",
+                "Validation errors found in config, by resource kind.",
+                &["kind"],
+            ),
+            reloads: CounterVec::new(
+                "pilot_config_reloads",
+                "Config reloads, by result.",
+                &["result"],
+            ),
         }
     }
 
@@ -238,7 +273,10 @@ fn series(out: &mut String, name: &str, names: &[&str], values: &[String], value
             if i > 0 {
                 out.push(',');
             }
-            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             let _ = write!(out, "{k}=\"{v}\"");
         }
         out.push('}');
@@ -259,11 +297,26 @@ mod tests {
         m.xds_clients.set(3);
         m.convergence.observe(0.2);
         let text = m.encode();
-        assert!(text.contains("pilot_xds_pushes{type=\"cds\"} 3\n"), "{text}");
-        assert!(text.contains("pilot_total_xds_rejects{type=\"rds\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pilot_xds_pushes{type=\"cds\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_total_xds_rejects{type=\"rds\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("pilot_xds{version=\""), "{text}");
-        assert!(text.contains("pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1\n"), "{text}");
-        assert!(text.contains("pilot_proxy_convergence_time_bucket{le=\"0.1\"} 0\n"), "{text}");
-        assert!(text.contains("pilot_proxy_convergence_time_count 1\n"), "{text}");
+        assert!(
+            text.contains("pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_proxy_convergence_time_bucket{le=\"0.1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_proxy_convergence_time_count 1\n"),
+            "{text}"
+        );
     }
 }

@@ -71,7 +71,10 @@ fn every_networking_sample_validates_and_translates() {
         let errors: Vec<String> = store.errors().iter().map(ToString::to_string).collect();
         assert!(errors.is_empty(), "{file}: {errors:#?}");
         assert!(
-            snapshot.registry.services.contains_key("reviews.default.svc.cluster.local"),
+            snapshot
+                .registry
+                .services
+                .contains_key("reviews.default.svc.cluster.local"),
             "{file}: bookinfo services are in the registry"
         );
         for n in [&sidecar, &jason, &router, &grpc] {
@@ -97,7 +100,12 @@ fn gateway_api_samples_are_skipped_with_warnings_not_errors() {
         let mut store = ConfigStore::new("cluster.local", "istio-system");
         store.upsert("x.yaml", &std::fs::read_to_string(&path).expect("readable"));
         store.snapshot();
-        assert!(store.errors().is_empty(), "{}: {:?}", path.display(), store.errors());
+        assert!(
+            store.errors().is_empty(),
+            "{}: {:?}",
+            path.display(),
+            store.errors()
+        );
         assert!(!store.status()[0].warnings.is_empty(), "{}", path.display());
     }
 }

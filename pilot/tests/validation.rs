@@ -19,11 +19,19 @@ fn every_invalid_config_is_rejected_with_its_exact_message() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 20, "want 20+ invalid cases, have {}", cases.len());
+    assert!(
+        cases.len() >= 20,
+        "want 20+ invalid cases, have {}",
+        cases.len()
+    );
     let update = std::env::var_os("UPDATE_EXPECTED").is_some();
     let mut failures = Vec::new();
     for case in &cases {
-        let name = case.file_name().expect("file name").to_string_lossy().into_owned();
+        let name = case
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
         let text = std::fs::read_to_string(case).expect("readable");
         let mut store = ConfigStore::new("cluster.local", "istio-system");
         store.upsert(&name, &text);
@@ -42,8 +50,12 @@ fn every_invalid_config_is_rejected_with_its_exact_message() {
             std::fs::write(&expected_path, got.join("\n") + "\n").expect("write expectation");
             continue;
         }
-        let want = std::fs::read_to_string(&expected_path)
-            .unwrap_or_else(|_| panic!("{} is missing: run with UPDATE_EXPECTED=1", expected_path.display()));
+        let want = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run with UPDATE_EXPECTED=1",
+                expected_path.display()
+            )
+        });
         let want: Vec<&str> = want.lines().collect();
         if got != want {
             failures.push(format!("{name}:\n  got:  {got:#?}\n  want: {want:#?}"));

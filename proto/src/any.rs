@@ -91,9 +91,16 @@ mod tests {
         };
         let any = pack(&l);
         assert_eq!(any.type_url, LISTENER);
-        assert_eq!(unpack::<Listener>(&any).expect("same type").name, "virtualOutbound");
+        assert_eq!(
+            unpack::<Listener>(&any).expect("same type").name,
+            "virtualOutbound"
+        );
         let err = unpack::<Cluster>(&any).expect_err("wrong type");
-        assert!(err.to_string().contains("envoy.config.listener.v3.Listener"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("envoy.config.listener.v3.Listener"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -102,6 +109,9 @@ mod tests {
             type_url: LISTENER.into(),
             value: vec![0xff, 0xff, 0xff],
         };
-        assert!(matches!(unpack::<Listener>(&any), Err(UnpackError::Decode { .. })));
+        assert!(matches!(
+            unpack::<Listener>(&any),
+            Err(UnpackError::Decode { .. })
+        ));
     }
 }

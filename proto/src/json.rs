@@ -88,7 +88,10 @@ mod tests {
         };
         let json = to_json(&dump).expect("descriptors are found in a normal build");
         let l = &json["dynamicListeners"][0]["activeState"]["listener"];
-        assert_eq!(l["@type"], "type.googleapis.com/envoy.config.listener.v3.Listener");
+        assert_eq!(
+            l["@type"],
+            "type.googleapis.com/envoy.config.listener.v3.Listener"
+        );
         assert_eq!(l["name"], "virtualOutbound");
     }
 }

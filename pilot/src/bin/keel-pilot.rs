@@ -19,7 +19,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 fn main() -> ExitCode {
     let config = Config::parse();
     init_logging(&config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keel-pilot: cannot start the async runtime: {e}");
@@ -94,10 +97,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = {
         let mut stop = stop_rx.clone();
-        axum::serve(http_listener, debug::router(debug_state))
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+        axum::serve(http_listener, debug::router(debug_state)).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
     };
     let xds = {
         let mut stop = stop_rx.clone();

@@ -246,7 +246,10 @@ fn load_document(doc: Value, origin: Origin, result: &mut FileResult) {
         other => {
             result.errors.push(err(
                 None,
-                format!("a document must be a mapping with apiVersion and kind, got {}", json_type(&other)),
+                format!(
+                    "a document must be a mapping with apiVersion and kind, got {}",
+                    json_type(&other)
+                ),
             ));
             return;
         }
@@ -263,9 +266,10 @@ fn load_document(doc: Value, origin: Origin, result: &mut FileResult) {
     let api_version = match map.get("apiVersion") {
         Some(Value::String(v)) => v.clone(),
         _ => {
-            result
-                .errors
-                .push(err(Some("apiVersion"), "required string field is missing".into()));
+            result.errors.push(err(
+                Some("apiVersion"),
+                "required string field is missing".into(),
+            ));
             return;
         }
     };
@@ -446,7 +450,10 @@ fn decode_one<T: Kind>(doc: Value, origin: &Origin) -> Result<T, Vec<ConfigError
     if let Some(ns) = &obj.meta().namespace
         && !is_dns1123_label(ns)
     {
-        errs.at("metadata.namespace", format!("{ns:?} is not a valid namespace name"));
+        errs.at(
+            "metadata.namespace",
+            format!("{ns:?} is not a valid namespace name"),
+        );
     }
     if errs.is_empty() {
         Ok(obj)
@@ -499,7 +506,10 @@ spec:
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(r.objects.len(), 1);
         assert_eq!(r.objects[0].origin.document, 3);
-        assert_eq!(r.objects[0].object.display_name(), "DestinationRule default/reviews");
+        assert_eq!(
+            r.objects[0].object.display_name(),
+            "DestinationRule default/reviews"
+        );
         assert_eq!(r.warnings.len(), 1);
         assert!(r.warnings[0].message.contains("ServiceAccount"));
     }
@@ -521,7 +531,9 @@ spec:
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
         let e = r.errors[0].to_string();
         assert!(
-            e.starts_with("vs.yaml: document 1: VirtualService prod/reviews: spec.http[0].route[0]"),
+            e.starts_with(
+                "vs.yaml: document 1: VirtualService prod/reviews: spec.http[0].route[0]"
+            ),
             "{e}"
         );
         assert!(e.contains("unknown field `weigth`"), "{e}");
@@ -530,13 +542,21 @@ spec:
     #[test]
     fn malformed_yaml_and_bad_api_version() {
         let r = load_str("bad.yaml", "kind: [unclosed");
-        assert!(r.errors[0].to_string().starts_with("bad.yaml: document 1: malformed YAML"));
+        assert!(
+            r.errors[0]
+                .to_string()
+                .starts_with("bad.yaml: document 1: malformed YAML")
+        );
         let r = load_str(
             "v.yaml",
             "apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n",
         );
         assert_eq!(r.errors[0].path.as_deref(), Some("apiVersion"));
-        assert!(r.errors[0].message.contains("networking.istio.io/v1"), "{}", r.errors[0]);
+        assert!(
+            r.errors[0].message.contains("networking.istio.io/v1"),
+            "{}",
+            r.errors[0]
+        );
     }
 
     #[test]

@@ -81,7 +81,9 @@ impl Protocol {
             return p;
         }
         // The longest known prefix wins: `grpc-web-x` is gRPC-Web, `grpc-x` gRPC.
-        if let Some(rest) = name.strip_prefix("grpc-web-").or(name.strip_prefix("grpc-web"))
+        if let Some(rest) = name
+            .strip_prefix("grpc-web-")
+            .or(name.strip_prefix("grpc-web"))
             && (rest.is_empty() || name.starts_with("grpc-web-"))
         {
             return Self::GrpcWeb;
@@ -98,7 +100,10 @@ impl Protocol {
 
     /// True for protocols forwarded as opaque bytes.
     pub fn is_tcp(self) -> bool {
-        matches!(self, Self::Tcp | Self::Mongo | Self::Redis | Self::Mysql | Self::Tls | Self::Https)
+        matches!(
+            self,
+            Self::Tcp | Self::Mongo | Self::Redis | Self::Mysql | Self::Tls | Self::Https
+        )
     }
 }
 
@@ -299,13 +304,20 @@ impl Registry {
 
     /// Services visible from namespace `ns`.
     pub fn visible(&self, ns: &str) -> impl Iterator<Item = &Arc<ServiceInfo>> {
-        self.services.values().filter(move |s| s.export_to.allows(ns))
+        self.services
+            .values()
+            .filter(move |s| s.export_to.allows(ns))
     }
 
     /// Services whose hostname matches `host`, which may be a wildcard
     /// (`*.example.com`, `*`), visible from `ns`.
-    pub fn matching<'a>(&'a self, host: &'a str, ns: &'a str) -> impl Iterator<Item = &'a Arc<ServiceInfo>> {
-        self.visible(ns).filter(move |s| host_matches(host, &s.hostname))
+    pub fn matching<'a>(
+        &'a self,
+        host: &'a str,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ServiceInfo>> {
+        self.visible(ns)
+            .filter(move |s| host_matches(host, &s.hostname))
     }
 }
 
@@ -551,7 +563,11 @@ fn from_service_entry(se: &ServiceEntry, inputs: &Inputs<'_>) -> Vec<ServiceInfo
             .service_account
             .clone()
             .unwrap_or_else(|| "default".into()),
-        locality: we.locality.as_deref().map(Locality::parse).unwrap_or_default(),
+        locality: we
+            .locality
+            .as_deref()
+            .map(Locality::parse)
+            .unwrap_or_default(),
         weight: we.weight.unwrap_or(1).max(1),
         healthy: true,
         workload,
@@ -638,7 +654,10 @@ pub fn validate_service(svc: &Service, errs: &mut Errors) {
         if let Some(n) = &p.name
             && !names.insert(n.clone())
         {
-            errs.at(format!("spec.ports[{i}].name"), format!("port name {n:?} is used twice"));
+            errs.at(
+                format!("spec.ports[{i}].name"),
+                format!("port name {n:?} is used twice"),
+            );
         }
     }
 }
@@ -666,17 +685,32 @@ mod tests {
         assert_eq!(Protocol::for_port(Some("http"), None), Protocol::Http);
         assert_eq!(Protocol::for_port(Some("http-web"), None), Protocol::Http);
         assert_eq!(Protocol::for_port(Some("grpc-api"), None), Protocol::Grpc);
-        assert_eq!(Protocol::for_port(Some("grpc-web-x"), None), Protocol::GrpcWeb);
+        assert_eq!(
+            Protocol::for_port(Some("grpc-web-x"), None),
+            Protocol::GrpcWeb
+        );
         assert_eq!(Protocol::for_port(Some("tcp-db"), None), Protocol::Tcp);
         assert_eq!(Protocol::for_port(Some("web"), None), Protocol::Auto);
-        assert_eq!(Protocol::for_port(Some("web"), Some("grpc")), Protocol::Grpc);
-        assert_eq!(Protocol::for_port(None, Some("kubernetes.io/h2c")), Protocol::Http2);
+        assert_eq!(
+            Protocol::for_port(Some("web"), Some("grpc")),
+            Protocol::Grpc
+        );
+        assert_eq!(
+            Protocol::for_port(None, Some("kubernetes.io/h2c")),
+            Protocol::Http2
+        );
     }
 
     #[test]
     fn hosts_resolve_and_match() {
-        assert_eq!(resolve_host("reviews", "default", "cluster.local"), "reviews.default.svc.cluster.local");
-        assert_eq!(resolve_host("reviews.prod", "default", "cluster.local"), "reviews.prod");
+        assert_eq!(
+            resolve_host("reviews", "default", "cluster.local"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.prod", "default", "cluster.local"),
+            "reviews.prod"
+        );
         assert!(host_matches("*.example.com", "a.example.com"));
         assert!(!host_matches("*.example.com", "example.com"));
         assert!(host_matches("*", "anything"));

@@ -266,7 +266,11 @@ fn cross_check(objects: &[&Loaded], domain: &str) -> Vec<ConfigError> {
     let mut seen: BTreeMap<(String, String, String), &Origin> = BTreeMap::new();
     for l in objects {
         let o = &l.object;
-        let key = (o.kind().to_string(), o.namespace().to_string(), o.name().to_string());
+        let key = (
+            o.kind().to_string(),
+            o.namespace().to_string(),
+            o.name().to_string(),
+        );
         if let Some(first) = seen.get(&key) {
             errors.push(ConfigError {
                 origin: l.origin.clone(),
@@ -318,23 +322,35 @@ fn destinations(spec: &VirtualServiceSpec) -> Vec<(String, &Destination)> {
     let mut out = Vec::new();
     for (i, r) in spec.http.iter().enumerate() {
         for (j, d) in r.route.iter().enumerate() {
-            out.push((format!("spec.http[{i}].route[{j}].destination"), &d.destination));
+            out.push((
+                format!("spec.http[{i}].route[{j}].destination"),
+                &d.destination,
+            ));
         }
         if let Some(m) = &r.mirror {
             out.push((format!("spec.http[{i}].mirror"), m));
         }
         for (j, m) in r.mirrors.iter().enumerate() {
-            out.push((format!("spec.http[{i}].mirrors[{j}].destination"), &m.destination));
+            out.push((
+                format!("spec.http[{i}].mirrors[{j}].destination"),
+                &m.destination,
+            ));
         }
     }
     for (i, r) in spec.tcp.iter().enumerate() {
         for (j, d) in r.route.iter().enumerate() {
-            out.push((format!("spec.tcp[{i}].route[{j}].destination"), &d.destination));
+            out.push((
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &d.destination,
+            ));
         }
     }
     for (i, r) in spec.tls.iter().enumerate() {
         for (j, d) in r.route.iter().enumerate() {
-            out.push((format!("spec.tls[{i}].route[{j}].destination"), &d.destination));
+            out.push((
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &d.destination,
+            ));
         }
     }
     out
@@ -374,11 +390,22 @@ spec:
         assert_eq!(s.config.virtual_services.len(), 1);
         store.upsert("vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec: {hosts: [reviews], htp: []}\n");
         let s = store.snapshot();
-        assert_eq!(s.config.virtual_services.len(), 1, "last good version still serves");
+        assert_eq!(
+            s.config.virtual_services.len(),
+            1,
+            "last good version still serves"
+        );
         let status = store.status();
-        let vs = status.iter().find(|f| f.file == "vs.yaml").expect("vs.yaml");
+        let vs = status
+            .iter()
+            .find(|f| f.file == "vs.yaml")
+            .expect("vs.yaml");
         assert!(!vs.accepted);
-        assert!(vs.errors[0].contains("unknown field `htp`"), "{:?}", vs.errors);
+        assert!(
+            vs.errors[0].contains("unknown field `htp`"),
+            "{:?}",
+            vs.errors
+        );
     }
 
     #[test]

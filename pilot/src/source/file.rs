@@ -116,7 +116,10 @@ fn scan(root: &Path, dir: &Path, out: &mut BTreeMap<String, Stamp>) -> std::io::
         };
         if meta.is_dir() {
             scan(root, &path, out)?;
-        } else if [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext)) {
+        } else if [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        {
             let rel = path
                 .strip_prefix(root)
                 .unwrap_or(&path)
@@ -189,12 +192,16 @@ pub fn publish(store: &Mutex<ConfigStore>, metrics: &Metrics) -> Arc<Snapshot> {
     let status = store.status();
     let rejected = status.iter().filter(|f| !f.accepted).count();
     for e in store.errors() {
-        metrics
-            .validation_errors
-            .inc(&[e.object.as_deref().and_then(|o| o.split(' ').next()).unwrap_or("document")]);
+        metrics.validation_errors.inc(&[e
+            .object
+            .as_deref()
+            .and_then(|o| o.split(' ').next())
+            .unwrap_or("document")]);
     }
     metrics.rejected_files.set(rejected as i64);
-    metrics.services.set(snapshot.registry.services.len() as i64);
+    metrics
+        .services
+        .set(snapshot.registry.services.len() as i64);
     metrics
         .virt_services
         .set(snapshot.config.virtual_services.len() as i64);

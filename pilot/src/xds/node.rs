@@ -162,7 +162,10 @@ fn meta_str(meta: Option<&Struct>, key: &'static str) -> Result<Option<String>, 
     }
 }
 
-fn meta_map(meta: Option<&Struct>, key: &'static str) -> Result<BTreeMap<String, String>, NodeError> {
+fn meta_map(
+    meta: Option<&Struct>,
+    key: &'static str,
+) -> Result<BTreeMap<String, String>, NodeError> {
     let bad = NodeError::BadMetadata {
         field: key,
         expected: "an object of strings",
@@ -234,7 +237,10 @@ mod tests {
         let n = node(
             "sidecar~10.1.1.5~reviews-v1-abc.default~default.svc.cluster.local",
             metadata(
-                &[("SERVICE_ACCOUNT", "bookinfo-reviews"), ("GENERATOR", "grpc")],
+                &[
+                    ("SERVICE_ACCOUNT", "bookinfo-reviews"),
+                    ("GENERATOR", "grpc"),
+                ],
                 &[("app", "reviews"), ("version", "v1")],
             ),
         );

@@ -5,8 +5,6 @@
 //! detection; subset and port-level overrides merged over the top level) is
 //! applied here.
 
-use std::collections::HashMap;
-
 use keel_proto::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
 };
@@ -21,11 +19,11 @@ use keel_proto::envoy::r#type::v3::Percent as EnvoyPercent;
 use keel_proto::google::protobuf::{ListValue, Struct, UInt64Value, Value, value::Kind};
 
 use super::scope::{Scope, ns_of};
-use super::util::{ads, duration, socket, string_struct, string_value, u32v};
+use super::util::{ads, duration, map, socket, string_struct, string_value, u32v};
 use super::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, cluster_name};
 use crate::model::networking::{
-    ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resolution,
-    PortTrafficPolicy, SimpleLb, TrafficPolicy,
+    ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
+    PortTrafficPolicy, Resolution, SimpleLb, TrafficPolicy,
 };
 use crate::model::registry::{Protocol, ServiceInfo, ServiceSource};
 use crate::xds::Resource;
@@ -41,12 +39,23 @@ pub fn clusters(scope: &Scope<'_>) -> Vec<Resource> {
     for svc in &scope.services {
         let dr = scope.destination_rule(&svc.hostname, &svc.namespace);
         for port in &svc.ports {
-            if port.protocol == Protocol::Udp || (grpc && !port.protocol.is_http() && port.protocol != Protocol::Auto) {
+            if port.protocol == Protocol::Udp
+                || (grpc && !port.protocol.is_http() && port.protocol != Protocol::Auto)
+            {
                 continue;
             }
             let base = dr.and_then(|d| d.spec.traffic_policy.as_ref());
             let name = cluster_name("outbound", port.number, "", &svc.hostname);
-            out.push(outbound_cluster(scope, svc, port.number, port.protocol, &name, dr, base, None));
+            out.push(outbound_cluster(
+                scope,
+                svc,
+                port.number,
+                port.protocol,
+                &name,
+                dr,
+                base,
+                None,
+            ));
             for subset in dr.iter().flat_map(|d| &d.spec.subsets) {
                 let name = cluster_name("outbound", port.number, &subset.name, &svc.hostname);
                 out.push(outbound_cluster(
@@ -69,7 +78,10 @@ pub fn clusters(scope: &Scope<'_>) -> Vec<Resource> {
                 continue;
             }
             let protocol = svc.port(svc_port).map_or(Protocol::Tcp, |p| p.protocol);
-            let ip = scope.node.ip.map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string());
+            let ip = scope
+                .node
+                .ip
+                .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string());
             let mut c = Cluster {
                 name: name.clone(),
                 cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -162,16 +174,36 @@ fn outbound_cluster(
             });
         }
     }
-    if !grpc && matches!(protocol, Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb) {
+    if !grpc
+        && matches!(
+            protocol,
+            Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
+        )
+    {
         set_http2(&mut c);
     }
     // Port-level settings override the top level; a subset's policy
     // (and its own port-level settings) override both.
     let policies: Vec<&TrafficPolicy> = [base, subset].into_iter().flatten().collect();
     let _ = dr;
-    let lb = pick(&policies, port, |p| p.load_balancer.as_ref(), |p| p.load_balancer.as_ref());
-    let pool = pick(&policies, port, |p| p.connection_pool.as_ref(), |p| p.connection_pool.as_ref());
-    let outlier = pick(&policies, port, |p| p.outlier_detection.as_ref(), |p| p.outlier_detection.as_ref());
+    let lb = pick(
+        &policies,
+        port,
+        |p| p.load_balancer.as_ref(),
+        |p| p.load_balancer.as_ref(),
+    );
+    let pool = pick(
+        &policies,
+        port,
+        |p| p.connection_pool.as_ref(),
+        |p| p.connection_pool.as_ref(),
+    );
+    let outlier = pick(
+        &policies,
+        port,
+        |p| p.outlier_detection.as_ref(),
+        |p| p.outlier_detection.as_ref(),
+    );
     if c.lb_policy != cluster::LbPolicy::ClusterProvided as i32 {
         apply_lb(&mut c, lb);
     }
@@ -214,10 +246,12 @@ fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
             c.lb_policy = cluster::LbPolicy::Maglev as i32;
         } else {
             c.lb_policy = cluster::LbPolicy::RingHash as i32;
-            c.lb_config = Some(cluster::LbConfig::RingHashLbConfig(cluster::RingHashLbConfig {
-                minimum_ring_size: min.map(|value| UInt64Value { value }),
-                ..Default::default()
-            }));
+            c.lb_config = Some(cluster::LbConfig::RingHashLbConfig(
+                cluster::RingHashLbConfig {
+                    minimum_ring_size: min.map(|value| UInt64Value { value }),
+                    ..Default::default()
+                },
+            ));
         }
         return;
     }
@@ -237,7 +271,9 @@ fn apply_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>, grpc: bool
     let http = pool.and_then(|p| p.http.as_ref());
     let thresholds = circuit_breakers::Thresholds {
         max_connections: u32v(clamp(tcp.and_then(|t| t.max_connections)).unwrap_or(MAX)),
-        max_pending_requests: u32v(clamp(http.and_then(|h| h.http1_max_pending_requests)).unwrap_or(MAX)),
+        max_pending_requests: u32v(
+            clamp(http.and_then(|h| h.http1_max_pending_requests)).unwrap_or(MAX),
+        ),
         max_requests: u32v(clamp(http.and_then(|h| h.http2_max_requests)).unwrap_or(MAX)),
         max_retries: u32v(clamp(http.and_then(|h| h.max_retries)).unwrap_or(MAX)),
         track_remaining: true,
@@ -278,16 +314,29 @@ fn apply_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>, grpc: bool
 }
 
 fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
-    let consecutive_5xx = od
-        .consecutive_5xx_errors
-        .or(od.consecutive_errors.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32));
+    let consecutive_5xx = od.consecutive_5xx_errors.or(od
+        .consecutive_errors
+        .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32));
     let mut e = EnvoyOutlier {
         interval: od.interval.as_ref().map(|d| duration(d.0)),
         base_ejection_time: od.base_ejection_time.as_ref().map(|d| duration(d.0)),
-        max_ejection_percent: od.max_ejection_percent.map(|v| v.clamp(0, 100) as u32).and_then(u32v),
+        max_ejection_percent: od
+            .max_ejection_percent
+            .map(|v| v.clamp(0, 100) as u32)
+            .and_then(u32v),
         // Istio disables the enforcement of checks the rule does not ask for.
-        enforcing_consecutive_5xx: u32v(if consecutive_5xx.is_some_and(|n| n > 0) { 100 } else { 0 }),
-        enforcing_consecutive_gateway_failure: u32v(if od.consecutive_gateway_errors.is_some_and(|n| n > 0) { 100 } else { 0 }),
+        enforcing_consecutive_5xx: u32v(if consecutive_5xx.is_some_and(|n| n > 0) {
+            100
+        } else {
+            0
+        }),
+        enforcing_consecutive_gateway_failure: u32v(
+            if od.consecutive_gateway_errors.is_some_and(|n| n > 0) {
+                100
+            } else {
+                0
+            },
+        ),
         enforcing_success_rate: u32v(0),
         ..Default::default()
     };
@@ -299,13 +348,13 @@ fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
     }
     if od.split_external_local_origin_errors == Some(true) {
         e.split_external_local_origin_errors = true;
-        e.consecutive_local_origin_failure = od
-            .consecutive_local_origin_failures
-            .and_then(u32v);
+        e.consecutive_local_origin_failure = od.consecutive_local_origin_failures.and_then(u32v);
     }
     c.outlier_detection = Some(e);
     if let Some(min) = od.min_health_percent {
-        c.common_lb_config.get_or_insert_default().healthy_panic_threshold = Some(EnvoyPercent {
+        c.common_lb_config
+            .get_or_insert_default()
+            .healthy_panic_threshold = Some(EnvoyPercent {
             value: min.clamp(0, 100) as f64,
         });
     }
@@ -337,24 +386,24 @@ fn istio_metadata(svc: &ServiceInfo, port: u32) -> Metadata {
         ("name", svc.name.clone()),
         ("namespace", svc.namespace.clone()),
     ]);
-    let mut istio = Struct {
-        fields: Default::default(),
+    let services = Value {
+        kind: Some(Kind::ListValue(ListValue {
+            values: vec![Value {
+                kind: Some(Kind::StructValue(service)),
+            }],
+        })),
     };
-    istio.fields.insert(
-        "services".into(),
-        Value {
-            kind: Some(Kind::ListValue(ListValue {
-                values: vec![Value {
-                    kind: Some(Kind::StructValue(service)),
-                }],
-            })),
-        },
-    );
-    istio
-        .fields
-        .insert("default_original_port".into(), string_value(port.to_string()));
+    let istio = Struct {
+        fields: map([
+            ("services".to_string(), services),
+            (
+                "default_original_port".to_string(),
+                string_value(port.to_string()),
+            ),
+        ]),
+    };
     Metadata {
-        filter_metadata: HashMap::from([("istio".to_string(), istio)]),
+        filter_metadata: map([("istio".to_string(), istio)]),
         ..Default::default()
     }
 }

@@ -10,7 +10,7 @@ use keel_proto::envoy::config::endpoint::v3::{
 };
 
 use super::scope::{Scope, labels_match};
-use super::util::{socket, string_struct, u32v};
+use super::util::{map, socket, string_struct, u32v};
 use super::{cluster_name, parse_cluster_name};
 use crate::model::networking::Resolution;
 use crate::model::registry::{Locality, ServiceInfo, ServiceSource};
@@ -31,7 +31,10 @@ pub fn load_assignments(scope: &Scope<'_>, names: Option<&BTreeSet<String>>) -> 
         for port in &svc.ports {
             let name = cluster_name("outbound", port.number, "", &svc.hostname);
             if wanted(&name) {
-                out.push(Resource::new(name.clone(), &assignment(&name, svc, port.number, None)));
+                out.push(Resource::new(
+                    name.clone(),
+                    &assignment(&name, svc, port.number, None),
+                ));
             }
             for subset in dr.iter().flat_map(|d| &d.spec.subsets) {
                 let name = cluster_name("outbound", port.number, &subset.name, &svc.hostname);
@@ -65,31 +68,38 @@ pub fn assignment(
         let Some(target) = ep.ports.get(&port) else {
             continue;
         };
-        let mut meta = Metadata::default();
-        meta.filter_metadata.insert(
-            "istio".into(),
-            string_struct([
-                ("workload", ep.workload.clone()),
-                ("service_account", ep.service_account.clone()),
+        let meta = Metadata {
+            filter_metadata: map([
+                (
+                    "istio".to_string(),
+                    string_struct([
+                        ("workload", ep.workload.clone()),
+                        ("service_account", ep.service_account.clone()),
+                    ]),
+                ),
+                (
+                    "envoy.lb".to_string(),
+                    string_struct(ep.labels.iter().map(|(k, v)| (k.as_str(), v.clone()))),
+                ),
             ]),
-        );
-        meta.filter_metadata.insert(
-            "envoy.lb".into(),
-            string_struct(ep.labels.iter().map(|(k, v)| (k.as_str(), v.clone()))),
-        );
-        by_locality.entry(&ep.locality).or_default().push(LbEndpoint {
-            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                address: Some(socket(&ep.address, *target)),
-                ..Default::default()
-            })),
-            health_status: if ep.healthy {
-                HealthStatus::Healthy
-            } else {
-                HealthStatus::Unhealthy
-            } as i32,
-            load_balancing_weight: u32v(ep.weight.max(1)),
-            metadata: Some(meta),
-        });
+            ..Default::default()
+        };
+        by_locality
+            .entry(&ep.locality)
+            .or_default()
+            .push(LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                    address: Some(socket(&ep.address, *target)),
+                    ..Default::default()
+                })),
+                health_status: if ep.healthy {
+                    HealthStatus::Healthy
+                } else {
+                    HealthStatus::Unhealthy
+                } as i32,
+                load_balancing_weight: u32v(ep.weight.max(1)),
+                metadata: Some(meta),
+            });
     }
     ClusterLoadAssignment {
         cluster_name: name.to_string(),

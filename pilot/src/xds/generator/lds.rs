@@ -92,7 +92,10 @@ fn http_filters(grpc: bool) -> Vec<HttpFilter> {
         keel_proto::any::pack(&HttpFault::default()),
     )];
     if !grpc {
-        filters.push(http_filter("envoy.filters.http.cors", keel_proto::any::pack(&Cors::default())));
+        filters.push(http_filter(
+            "envoy.filters.http.cors",
+            keel_proto::any::pack(&Cors::default()),
+        ));
     }
     filters.push(http_filter(
         "envoy.filters.http.router",
@@ -101,7 +104,11 @@ fn http_filters(grpc: bool) -> Vec<HttpFilter> {
     filters
 }
 
-fn hcm(stat_prefix: &str, routes: http_connection_manager::RouteSpecifier, grpc: bool) -> HttpConnectionManager {
+fn hcm(
+    stat_prefix: &str,
+    routes: http_connection_manager::RouteSpecifier,
+    grpc: bool,
+) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(routes),
@@ -133,12 +140,19 @@ fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
 }
 
 fn hcm_filter(h: &HttpConnectionManager) -> Filter {
-    typed("envoy.filters.network.http_connection_manager", keel_proto::any::pack(h))
+    typed(
+        "envoy.filters.network.http_connection_manager",
+        keel_proto::any::pack(h),
+    )
 }
 
 fn sidecar_listeners(scope: &Scope<'_>) -> Vec<Resource> {
     let mut out = Vec::new();
-    let fallback = if scope.allow_any { PASSTHROUGH } else { BLACKHOLE };
+    let fallback = if scope.allow_any {
+        PASSTHROUGH
+    } else {
+        BLACKHOLE
+    };
     out.push(Resource::new(
         "virtualOutbound",
         &Listener {
@@ -171,14 +185,18 @@ fn sidecar_listeners(scope: &Scope<'_>) -> Vec<Resource> {
                 *auto |= port.protocol == Protocol::Auto;
             } else if port.protocol.is_tcp() {
                 let cluster = rds::tcp_cluster(scope, svc, port.number);
-                let vips: Vec<&String> = svc.addresses.iter().filter(|a| !a.contains('/')).collect();
+                let vips: Vec<&String> =
+                    svc.addresses.iter().filter(|a| !a.contains('/')).collect();
                 if vips.is_empty() {
                     tcp.entry(format!("0.0.0.0_{}", port.number))
                         .or_insert_with(|| ("0.0.0.0".into(), port.number, port.protocol));
                     let _ = cluster;
                 } else {
                     for vip in vips {
-                        tcp.insert(format!("{vip}_{}", port.number), (vip.clone(), port.number, port.protocol));
+                        tcp.insert(
+                            format!("{vip}_{}", port.number),
+                            (vip.clone(), port.number, port.protocol),
+                        );
                     }
                 }
             }
@@ -186,7 +204,11 @@ fn sidecar_listeners(scope: &Scope<'_>) -> Vec<Resource> {
     }
     for (port, auto) in &http_ports {
         let name = format!("0.0.0.0_{port}");
-        let h = rds_hcm(&format!("outbound_0.0.0.0_{port}"), &port.to_string(), false);
+        let h = rds_hcm(
+            &format!("outbound_0.0.0.0_{port}"),
+            &port.to_string(),
+            false,
+        );
         let mut chains = vec![FilterChain {
             name: format!("0.0.0.0_{port}-http"),
             filter_chain_match: auto.then(|| FilterChainMatch {
@@ -316,7 +338,9 @@ fn inbound_listener(scope: &Scope<'_>) -> Resource {
                             ..Default::default()
                         }),
                         action: Some(route::Action::Route(RouteAction {
-                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
+                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                                cluster.clone(),
+                            )),
                             timeout: Some(duration(std::time::Duration::ZERO)),
                             ..Default::default()
                         })),
@@ -381,7 +405,10 @@ fn gateway_listeners(scope: &Scope<'_>) -> Vec<Resource> {
             let stat = format!("outbound_0.0.0.0_{port}");
             match (protocol, tls_mode) {
                 (Protocol::Https, Some(ServerTlsMode::Simple | ServerTlsMode::Mutual))
-                | (Protocol::Http | Protocol::Http2 | Protocol::Grpc, Some(ServerTlsMode::Simple | ServerTlsMode::Mutual)) => {
+                | (
+                    Protocol::Http | Protocol::Http2 | Protocol::Grpc,
+                    Some(ServerTlsMode::Simple | ServerTlsMode::Mutual),
+                ) => {
                     let route = gateway_route_name(server, port, &gw_name, gw_ns);
                     chains.push(FilterChain {
                         name: route.clone(),
@@ -407,7 +434,9 @@ fn gateway_listeners(scope: &Scope<'_>) -> Vec<Resource> {
                 }
                 _ => {
                     // TLS passthrough and TCP: forward to the first matching route's destination.
-                    for (sni, cluster) in rds::gateway_l4_routes(scope, server, port, &gw_name, gw_ns) {
+                    for (sni, cluster) in
+                        rds::gateway_l4_routes(scope, server, port, &gw_name, gw_ns)
+                    {
                         chains.push(FilterChain {
                             name: format!("{port}-{cluster}"),
                             filter_chain_match: sni.map(|s| FilterChainMatch {
@@ -427,7 +456,11 @@ fn gateway_listeners(scope: &Scope<'_>) -> Vec<Resource> {
         .filter(|(_, chains)| !chains.is_empty())
         .map(|(port, chains)| {
             let name = format!("0.0.0.0_{port}");
-            let tls = chains.iter().any(|c| c.filter_chain_match.as_ref().is_some_and(|m| !m.server_names.is_empty()));
+            let tls = chains.iter().any(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .is_some_and(|m| !m.server_names.is_empty())
+            });
             Resource::new(
                 name.clone(),
                 &Listener {
@@ -479,10 +512,12 @@ fn downstream_tls(tls: &crate::model::networking::ServerTlsSettings) -> Transpor
                 ..Default::default()
             }],
             validation_context_type: (tls.mode == ServerTlsMode::Mutual).then(|| {
-                common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-                    trusted_ca: file(&tls.ca_certificates),
-                    ..Default::default()
-                })
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: file(&tls.ca_certificates),
+                        ..Default::default()
+                    },
+                )
             }),
             ..Default::default()
         }),
@@ -491,7 +526,9 @@ fn downstream_tls(tls: &crate::model::networking::ServerTlsSettings) -> Transpor
     };
     TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(keel_proto::any::pack(&ctx))),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(
+            keel_proto::any::pack(&ctx),
+        )),
     }
 }
 

@@ -7,17 +7,17 @@
 //! server; proxyless gRPC clients one per `host:port` target. A host without a
 //! VirtualService gets Istio's default route to `outbound|PORT||HOST`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use keel_proto::envoy::config::core::v3::RuntimeFractionalPercent;
+use keel_proto::envoy::config::core::v3::{DataSource, data_source};
 use keel_proto::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
     RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
     query_parameter_matcher, redirect_action, retry_policy, route, route_action, route_match,
     weighted_cluster,
 };
-use keel_proto::envoy::config::core::v3::{DataSource, data_source};
 use keel_proto::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
 use keel_proto::envoy::extensions::filters::http::cors::v3::CorsPolicy as EnvoyCors;
 use keel_proto::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault, fault_abort};
@@ -27,7 +27,7 @@ use keel_proto::google::protobuf::Any;
 
 use super::cluster_name;
 use super::scope::{Scope, labels_match, ns_of, qualify_gateway};
-use super::util::{boolv, duration, fraction, header, regex, string_matcher, u32v};
+use super::util::{boolv, duration, fraction, header, map, regex, string_matcher, u32v};
 use crate::model::networking::{
     Destination, Headers, HttpMatchRequest, HttpRoute, Server, StringMatch, VirtualService,
 };
@@ -36,7 +36,8 @@ use crate::xds::Resource;
 use crate::xds::node::{ClientFlavor, ProxyType};
 
 /// Istio's default retry conditions when a route sets none.
-pub const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+pub const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
 /// Route configurations for the client (filtered to `names` when given).
 pub fn route_configs(scope: &Scope<'_>, names: Option<&BTreeSet<String>>) -> Vec<Resource> {
@@ -82,7 +83,10 @@ fn sidecar_route_configs(scope: &Scope<'_>) -> Vec<RouteConfiguration> {
             let mut vhosts: Vec<VirtualHost> = scope
                 .services
                 .iter()
-                .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_http() || p.protocol == Protocol::Auto))
+                .filter(|s| {
+                    s.port(port)
+                        .is_some_and(|p| p.protocol.is_http() || p.protocol == Protocol::Auto)
+                })
                 .map(|svc| service_vhost(&ctx, svc))
                 .collect();
             vhosts.push(catch_all(scope.allow_any));
@@ -101,7 +105,9 @@ fn catch_all(allow_any: bool) -> VirtualHost {
         (
             "allow_any",
             route::Action::Route(RouteAction {
-                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(super::PASSTHROUGH.into())),
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    super::PASSTHROUGH.into(),
+                )),
                 timeout: Some(duration(std::time::Duration::ZERO)),
                 ..Default::default()
             }),
@@ -149,7 +155,10 @@ fn service_vhost(ctx: &Ctx<'_, '_>, svc: &ServiceInfo) -> VirtualHost {
             domains.push(format!("{vip}:{port}"));
         }
     }
-    let routes = match ctx.scope.virtual_service(&svc.hostname, &svc.namespace, &ctx.gateway) {
+    let routes = match ctx
+        .scope
+        .virtual_service(&svc.hostname, &svc.namespace, &ctx.gateway)
+    {
         Some(vs) => http_routes(ctx, vs),
         None => vec![default_route(ctx, svc)],
     };
@@ -260,19 +269,29 @@ fn translate_route(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> Vec<Route> {
                 continue;
             }
             if !m.gateways.is_empty()
-                && !m.gateways.iter().any(|g| qualify_gateway(g, ns) == ctx.gateway)
+                && !m
+                    .gateways
+                    .iter()
+                    .any(|g| qualify_gateway(g, ns) == ctx.gateway)
             {
                 continue;
             }
             if ctx.gateway == "mesh" && !labels_match(&m.source_labels, &node.labels) {
                 continue;
             }
-            if m.source_namespace.as_ref().is_some_and(|s| *s != node.namespace) {
+            if m.source_namespace
+                .as_ref()
+                .is_some_and(|s| *s != node.namespace)
+            {
                 continue;
             }
         }
         let mut route = Route {
-            name: r.name.clone().or_else(|| m.and_then(|m| m.name.clone())).unwrap_or_default(),
+            name: r
+                .name
+                .clone()
+                .or_else(|| m.and_then(|m| m.name.clone()))
+                .unwrap_or_default(),
             r#match: Some(route_match(m, ctx.grpc)),
             ..Default::default()
         };
@@ -281,14 +300,19 @@ fn translate_route(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> Vec<Route> {
         if r.route.len() == 1 {
             apply_headers(&mut route, r.route[0].headers.as_ref());
         }
-        let mut per_filter: HashMap<String, Any> = HashMap::new();
+        let mut per_filter: Vec<(String, Any)> = Vec::new();
         if let Some(f) = &r.fault {
             let fault = HttpFault {
                 delay: f.delay.as_ref().and_then(|d| {
                     let fixed = d.fixed_delay.as_ref()?;
                     Some(FaultDelay {
-                        fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(fixed.0))),
-                        percentage: Some(fraction(percent(d.percentage.map(|p| p.value), d.percent))),
+                        fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(
+                            duration(fixed.0),
+                        )),
+                        percentage: Some(fraction(percent(
+                            d.percentage.map(|p| p.value),
+                            d.percent,
+                        ))),
                         ..Default::default()
                     })
                 }),
@@ -306,23 +330,41 @@ fn translate_route(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> Vec<Route> {
                 }),
                 ..Default::default()
             };
-            per_filter.insert("envoy.filters.http.fault".into(), keel_proto::any::pack(&fault));
+            per_filter.push((
+                "envoy.filters.http.fault".into(),
+                keel_proto::any::pack(&fault),
+            ));
         }
         if let Some(c) = r.cors_policy.as_ref().filter(|_| !ctx.grpc) {
-            let mut origins: Vec<_> = c.allow_origins.iter().map(|m| string_matcher(m, false)).collect();
-            origins.extend(c.allow_origin.iter().map(|o| string_matcher(&StringMatch::Exact(o.clone()), false)));
+            let mut origins: Vec<_> = c
+                .allow_origins
+                .iter()
+                .map(|m| string_matcher(m, false))
+                .collect();
+            origins.extend(
+                c.allow_origin
+                    .iter()
+                    .map(|o| string_matcher(&StringMatch::Exact(o.clone()), false)),
+            );
             let cors = EnvoyCors {
                 allow_origin_string_match: origins,
                 allow_methods: c.allow_methods.join(","),
                 allow_headers: c.allow_headers.join(","),
                 expose_headers: c.expose_headers.join(","),
-                max_age: c.max_age.as_ref().map(|d| d.0.as_secs().to_string()).unwrap_or_default(),
+                max_age: c
+                    .max_age
+                    .as_ref()
+                    .map(|d| d.0.as_secs().to_string())
+                    .unwrap_or_default(),
                 allow_credentials: c.allow_credentials.and_then(boolv),
                 ..Default::default()
             };
-            per_filter.insert("envoy.filters.http.cors".into(), keel_proto::any::pack(&cors));
+            per_filter.push((
+                "envoy.filters.http.cors".into(),
+                keel_proto::any::pack(&cors),
+            ));
         }
-        route.typed_per_filter_config = per_filter;
+        route.typed_per_filter_config = map(per_filter);
         out.push(route);
     }
     out
@@ -353,9 +395,12 @@ pub fn grpc_code(name: &str) -> Option<u32> {
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    name.parse()
-        .ok()
-        .or_else(|| NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)).map(|i| i as u32))
+    name.parse().ok().or_else(|| {
+        NAMES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .map(|i| i as u32)
+    })
 }
 
 fn route_match(m: Option<&HttpMatchRequest>, grpc: bool) -> RouteMatch {
@@ -369,7 +414,11 @@ fn route_match(m: Option<&HttpMatchRequest>, grpc: bool) -> RouteMatch {
         Some(StringMatch::Regex(p)) => route_match::PathSpecifier::SafeRegex(regex(p)),
     };
     let mut headers = Vec::new();
-    for (name, sm) in [(":scheme", &m.scheme), (":method", &m.method), (":authority", &m.authority)] {
+    for (name, sm) in [
+        (":scheme", &m.scheme),
+        (":method", &m.method),
+        (":authority", &m.authority),
+    ] {
         if let Some(sm) = sm {
             headers.push(header_matcher(name, Some(sm), false));
         }
@@ -388,15 +437,22 @@ fn route_match(m: Option<&HttpMatchRequest>, grpc: bool) -> RouteMatch {
             .map(|(name, sm)| QueryParameterMatcher {
                 name: name.clone(),
                 query_parameter_match_specifier: Some(match &sm.0 {
-                    Some(sm) => query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(string_matcher(sm, false)),
-                    None => query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true),
+                    Some(sm) => query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                        string_matcher(sm, false),
+                    ),
+                    None => {
+                        query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true)
+                    }
                 }),
             })
             .collect()
     };
     RouteMatch {
         path_specifier: Some(path),
-        case_sensitive: m.ignore_uri_case.filter(|i| *i).map(|_| keel_proto::google::protobuf::BoolValue { value: false }),
+        case_sensitive: m
+            .ignore_uri_case
+            .filter(|i| *i)
+            .map(|_| keel_proto::google::protobuf::BoolValue { value: false }),
         headers,
         query_parameters,
         ..Default::default()
@@ -407,7 +463,9 @@ fn header_matcher(name: &str, sm: Option<&StringMatch>, invert: bool) -> HeaderM
     HeaderMatcher {
         name: name.to_string(),
         header_match_specifier: Some(match sm {
-            Some(sm) => header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(sm, false)),
+            Some(sm) => {
+                header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(sm, false))
+            }
             None => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
         }),
         invert_match: invert,
@@ -418,29 +476,54 @@ fn header_matcher(name: &str, sm: Option<&StringMatch>, invert: bool) -> HeaderM
 fn apply_headers(route: &mut Route, headers: Option<&Headers>) {
     let Some(h) = headers else { return };
     if let Some(req) = &h.request {
-        route.request_headers_to_add.extend(req.set.iter().map(|(k, v)| header(k, v, false)));
-        route.request_headers_to_add.extend(req.add.iter().map(|(k, v)| header(k, v, true)));
-        route.request_headers_to_remove.extend(req.remove.iter().cloned());
+        route
+            .request_headers_to_add
+            .extend(req.set.iter().map(|(k, v)| header(k, v, false)));
+        route
+            .request_headers_to_add
+            .extend(req.add.iter().map(|(k, v)| header(k, v, true)));
+        route
+            .request_headers_to_remove
+            .extend(req.remove.iter().cloned());
     }
     if let Some(resp) = &h.response {
-        route.response_headers_to_add.extend(resp.set.iter().map(|(k, v)| header(k, v, false)));
-        route.response_headers_to_add.extend(resp.add.iter().map(|(k, v)| header(k, v, true)));
-        route.response_headers_to_remove.extend(resp.remove.iter().cloned());
+        route
+            .response_headers_to_add
+            .extend(resp.set.iter().map(|(k, v)| header(k, v, false)));
+        route
+            .response_headers_to_add
+            .extend(resp.add.iter().map(|(k, v)| header(k, v, true)));
+        route
+            .response_headers_to_remove
+            .extend(resp.remove.iter().cloned());
     }
 }
 
 /// The cluster a destination names, seen from the context's port.
-fn destination_cluster(ctx: &Ctx<'_, '_>, d: &Destination, ns: &str) -> (String, Option<Arc<ServiceInfo>>) {
+fn destination_cluster(
+    ctx: &Ctx<'_, '_>,
+    d: &Destination,
+    ns: &str,
+) -> (String, Option<Arc<ServiceInfo>>) {
     let host = ctx.scope.resolve(&d.host, ns);
     let svc = ctx.scope.service(&host).cloned();
     let port = d
         .port
         .as_ref()
         .map(|p| p.number)
-        .or_else(|| svc.as_ref().filter(|s| s.ports.len() == 1).map(|s| s.ports[0].number))
+        .or_else(|| {
+            svc.as_ref()
+                .filter(|s| s.ports.len() == 1)
+                .map(|s| s.ports[0].number)
+        })
         .unwrap_or(ctx.port);
     (
-        cluster_name("outbound", port, d.subset.as_deref().unwrap_or_default(), &host),
+        cluster_name(
+            "outbound",
+            port,
+            d.subset.as_deref().unwrap_or_default(),
+            &host,
+        ),
         svc,
     )
 }
@@ -458,12 +541,19 @@ fn action(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> route::Action {
             host_redirect: red.authority.clone().unwrap_or_default(),
             port_redirect: red.port.unwrap_or(0),
             response_code: code as i32,
-            scheme_rewrite_specifier: red.scheme.clone().map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+            scheme_rewrite_specifier: red
+                .scheme
+                .clone()
+                .map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
             path_rewrite_specifier: red
                 .uri
                 .clone()
                 .map(redirect_action::PathRewriteSpecifier::PathRedirect)
-                .or_else(|| red.prefix_rewrite.clone().map(redirect_action::PathRewriteSpecifier::PrefixRewrite)),
+                .or_else(|| {
+                    red.prefix_rewrite
+                        .clone()
+                        .map(redirect_action::PathRewriteSpecifier::PrefixRewrite)
+                }),
             ..Default::default()
         });
     }
@@ -489,7 +579,13 @@ fn action(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> route::Action {
     let dests: Vec<(String, i64, Option<&Headers>)> = r
         .route
         .iter()
-        .map(|d| (destination_cluster(ctx, &d.destination, ns).0, d.weight.unwrap_or(0), d.headers.as_ref()))
+        .map(|d| {
+            (
+                destination_cluster(ctx, &d.destination, ns).0,
+                d.weight.unwrap_or(0),
+                d.headers.as_ref(),
+            )
+        })
         .collect();
     a.cluster_specifier = Some(if dests.len() == 1 {
         route_action::ClusterSpecifier::Cluster(dests[0].0.clone())
@@ -527,7 +623,11 @@ fn action(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> route::Action {
             });
         }
     } else {
-        a.timeout = Some(duration(r.timeout.as_ref().map_or(std::time::Duration::ZERO, |t| t.0)));
+        a.timeout = Some(duration(
+            r.timeout
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |t| t.0),
+        ));
     }
     a.retry_policy = match &r.retries {
         None if ctx.grpc => None,
@@ -552,12 +652,20 @@ fn action(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> route::Action {
             });
         }
         if let Some(auth) = &rw.authority {
-            a.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(auth.clone()));
+            a.host_rewrite_specifier = Some(
+                route_action::HostRewriteSpecifier::HostRewriteLiteral(auth.clone()),
+            );
         }
     }
     let mut mirrors: Vec<(&Destination, f64)> = Vec::new();
     if let Some(m) = &r.mirror {
-        mirrors.push((m, percent(r.mirror_percentage.map(|p| p.value), r.mirror_percent.map(i64::from))));
+        mirrors.push((
+            m,
+            percent(
+                r.mirror_percentage.map(|p| p.value),
+                r.mirror_percent.map(i64::from),
+            ),
+        ));
     }
     for m in &r.mirrors {
         mirrors.push((&m.destination, percent(m.percentage.map(|p| p.value), None)));
@@ -579,7 +687,13 @@ fn action(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> route::Action {
     route::Action::Route(a)
 }
 
-fn retry(per_try: Option<std::time::Duration>, backoff: Option<std::time::Duration>, on: &str, attempts: u32, previous_hosts: bool) -> RetryPolicy {
+fn retry(
+    per_try: Option<std::time::Duration>,
+    backoff: Option<std::time::Duration>,
+    on: &str,
+    attempts: u32,
+    previous_hosts: bool,
+) -> RetryPolicy {
     let mut conditions: Vec<String> = Vec::new();
     let mut codes: Vec<u32> = Vec::new();
     for c in on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
@@ -620,9 +734,15 @@ fn retry(per_try: Option<std::time::Duration>, backoff: Option<std::time::Durati
 
 /// Consistent-hash keys from the destination's DestinationRule.
 fn hash_policy(ctx: &Ctx<'_, '_>, d: &Destination, ns: &str) -> Vec<route_action::HashPolicy> {
-    use route_action::hash_policy::{ConnectionProperties, Cookie, FilterState, Header, PolicySpecifier, QueryParameter};
+    use route_action::hash_policy::{
+        ConnectionProperties, Cookie, FilterState, Header, PolicySpecifier, QueryParameter,
+    };
     let host = ctx.scope.resolve(&d.host, ns);
-    let svc_ns = ctx.scope.service(&host).map(|s| s.namespace.clone()).unwrap_or_default();
+    let svc_ns = ctx
+        .scope
+        .service(&host)
+        .map(|s| s.namespace.clone())
+        .unwrap_or_default();
     let Some(dr) = ctx.scope.destination_rule(&host, &svc_ns) else {
         return Vec::new();
     };
@@ -633,7 +753,12 @@ fn hash_policy(ctx: &Ctx<'_, '_>, d: &Destination, ns: &str) -> Vec<route_action
         .and_then(|s| s.traffic_policy.as_ref());
     let lb = subset_policy
         .and_then(|p| p.load_balancer.as_ref())
-        .or_else(|| dr.spec.traffic_policy.as_ref().and_then(|p| p.load_balancer.as_ref()));
+        .or_else(|| {
+            dr.spec
+                .traffic_policy
+                .as_ref()
+                .and_then(|p| p.load_balancer.as_ref())
+        });
     let Some(hash) = lb.and_then(|l| l.consistent_hash.as_ref()) else {
         return Vec::new();
     };
@@ -724,14 +849,25 @@ fn gateway_route_configs(scope: &Scope<'_>) -> Vec<RouteConfiguration> {
             for vs in scope.virtual_services_for_gateway(&qualified) {
                 let vs_ns = ns_of(&vs.metadata);
                 for h in &vs.spec.hosts {
-                    let host = scope.resolve(h, vs_ns);
-                    let admitted = server.hosts.iter().any(|sh| {
+                    let vs_host = scope.resolve(h, vs_ns);
+                    // The virtual host is the intersection of the VirtualService
+                    // host and the server host: the more specific of the two.
+                    let host = server.hosts.iter().find_map(|sh| {
                         let (sns, shost) = sh.split_once('/').unwrap_or(("*", sh));
                         let ns_ok = sns == "*" || (sns == "." && vs_ns == gw_ns) || sns == vs_ns;
-                        ns_ok && (host_matches(shost, &host) || host_matches(&host, shost))
+                        if !ns_ok {
+                            None
+                        } else if host_matches(shost, &vs_host) {
+                            Some(vs_host.clone())
+                        } else if host_matches(&vs_host, shost) {
+                            Some(shost.to_string())
+                        } else {
+                            None
+                        }
                     });
+                    let Some(host) = host else { continue };
                     let vh_name = format!("{host}:{port}");
-                    if !admitted || config.virtual_hosts.iter().any(|v| v.name == vh_name) {
+                    if config.virtual_hosts.iter().any(|v| v.name == vh_name) {
                         continue;
                     }
                     config.virtual_hosts.push(VirtualHost {
@@ -792,7 +928,10 @@ pub fn grpc_target<'a>(scope: &Scope<'a>, target: &str) -> Option<(&'a Arc<Servi
         .map(|s| (s, port))
 }
 
-fn grpc_route_configs(scope: &Scope<'_>, names: Option<&BTreeSet<String>>) -> Vec<RouteConfiguration> {
+fn grpc_route_configs(
+    scope: &Scope<'_>,
+    names: Option<&BTreeSet<String>>,
+) -> Vec<RouteConfiguration> {
     let targets: Vec<String> = match names {
         Some(set) => set.iter().cloned().collect(),
         None => scope
@@ -847,7 +986,8 @@ pub fn tcp_cluster(scope: &Scope<'_>, svc: &ServiceInfo, port: u32) -> String {
         for r in &vs.spec.tcp {
             let applies = r.matches.is_empty()
                 || r.matches.iter().any(|m| {
-                    m.port.is_none_or(|p| p == port) && labels_match(&m.source_labels, &scope.node.labels)
+                    m.port.is_none_or(|p| p == port)
+                        && labels_match(&m.source_labels, &scope.node.labels)
                 });
             if let Some(d) = r.route.first().filter(|_| applies) {
                 return destination_cluster(&ctx, &d.destination, ns).0;
@@ -858,7 +998,13 @@ pub fn tcp_cluster(scope: &Scope<'_>, svc: &ServiceInfo, port: u32) -> String {
 }
 
 /// TLS-passthrough and TCP routes of a gateway server: (SNI, cluster) pairs.
-pub fn gateway_l4_routes(scope: &Scope<'_>, server: &Server, port: u32, gw: &str, gw_ns: &str) -> Vec<(Option<String>, String)> {
+pub fn gateway_l4_routes(
+    scope: &Scope<'_>,
+    server: &Server,
+    port: u32,
+    gw: &str,
+    gw_ns: &str,
+) -> Vec<(Option<String>, String)> {
     let qualified = format!("{gw_ns}/{gw}");
     let ctx = Ctx {
         scope,
@@ -878,14 +1024,18 @@ pub fn gateway_l4_routes(scope: &Scope<'_>, server: &Server, port: u32, gw: &str
                 if let Some(d) = r.route.first() {
                     for sni in &m.sni_hosts {
                         if hosts.iter().any(|h| host_matches(h, sni) || h == "*") {
-                            out.push((Some(sni.clone()), destination_cluster(&ctx, &d.destination, ns).0));
+                            out.push((
+                                Some(sni.clone()),
+                                destination_cluster(&ctx, &d.destination, ns).0,
+                            ));
                         }
                     }
                 }
             }
         }
         for r in &vs.spec.tcp {
-            let applies = r.matches.is_empty() || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port));
+            let applies =
+                r.matches.is_empty() || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port));
             if let Some(d) = r.route.first().filter(|_| applies) {
                 out.push((None, destination_cluster(&ctx, &d.destination, ns).0));
                 break;

@@ -41,7 +41,9 @@ impl<'a> Scope<'a> {
             .collect();
         let allow_any = sidecar
             .and_then(|sc| sc.spec.outbound_traffic_policy.as_ref())
-            .is_none_or(|p| p.mode != crate::model::networking::OutboundTrafficPolicyMode::RegistryOnly);
+            .is_none_or(|p| {
+                p.mode != crate::model::networking::OutboundTrafficPolicyMode::RegistryOnly
+            });
         let gateways = if node.proxy_type == ProxyType::Router {
             snap.config
                 .gateways
@@ -62,7 +64,10 @@ impl<'a> Scope<'a> {
 
     /// The visible service with this hostname.
     pub fn service(&self, hostname: &str) -> Option<&'a Arc<ServiceInfo>> {
-        self.services.iter().copied().find(|s| s.hostname == hostname)
+        self.services
+            .iter()
+            .copied()
+            .find(|s| s.hostname == hostname)
     }
 
     /// Resolves a host written in an object in namespace `ns`.
@@ -72,7 +77,12 @@ impl<'a> Scope<'a> {
 
     /// The VirtualService bound to `gateway` (`mesh`, or `namespace/name`)
     /// that routes `hostname`, by Istio's precedence.
-    pub fn virtual_service(&self, hostname: &str, service_ns: &str, gateway: &str) -> Option<&'a Arc<VirtualService>> {
+    pub fn virtual_service(
+        &self,
+        hostname: &str,
+        service_ns: &str,
+        gateway: &str,
+    ) -> Option<&'a Arc<VirtualService>> {
         let mut candidates: Vec<&Arc<VirtualService>> = self
             .snap
             .config
@@ -139,7 +149,11 @@ impl<'a> Scope<'a> {
 
     /// The DestinationRule for `hostname`, by Istio's precedence: the
     /// client's namespace, the service's namespace, then the root namespace.
-    pub fn destination_rule(&self, hostname: &str, service_ns: &str) -> Option<&'a Arc<DestinationRule>> {
+    pub fn destination_rule(
+        &self,
+        hostname: &str,
+        service_ns: &str,
+    ) -> Option<&'a Arc<DestinationRule>> {
         let root = self.snap.root_namespace.as_str();
         let mut candidates: Vec<&Arc<DestinationRule>> = self
             .snap
@@ -149,11 +163,10 @@ impl<'a> Scope<'a> {
             .filter(|dr| {
                 let ns = ns_of(&dr.metadata);
                 ExportTo::parse(&dr.spec.export_to, ns).allows(&self.node.namespace)
-                    && dr
-                        .spec
-                        .workload_selector
-                        .as_ref()
-                        .is_none_or(|sel| ns == self.node.namespace && labels_match(&sel.match_labels, &self.node.labels))
+                    && dr.spec.workload_selector.as_ref().is_none_or(|sel| {
+                        ns == self.node.namespace
+                            && labels_match(&sel.match_labels, &self.node.labels)
+                    })
                     && host_matches(&self.resolve(&dr.spec.host, ns), hostname)
             })
             .collect();
@@ -169,7 +182,12 @@ impl<'a> Scope<'a> {
             } else {
                 3
             };
-            (rank, !exact, ns.to_string(), dr.metadata.name.clone().unwrap_or_default())
+            (
+                rank,
+                !exact,
+                ns.to_string(),
+                dr.metadata.name.clone().unwrap_or_default(),
+            )
         });
         candidates.first().copied()
     }

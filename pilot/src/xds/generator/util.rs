@@ -1,10 +1,16 @@
 //! Small builders for Envoy messages that every generator module uses.
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::RandomState;
+use std::sync::OnceLock;
+
+use keel_proto::envoy::config::core::v3::{
+    Address, HeaderValue, HeaderValueOption, header_value_option,
+};
 use keel_proto::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address, config_source,
     socket_address,
 };
-use keel_proto::envoy::config::core::v3::{Address, HeaderValue, HeaderValueOption, header_value_option};
 use keel_proto::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use keel_proto::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
 use keel_proto::google::protobuf::{
@@ -101,13 +107,31 @@ pub fn header(key: &str, value: &str, append: bool) -> HeaderValueOption {
     }
 }
 
+/// A protobuf map with a deterministic encoding.
+///
+/// prost encodes a `HashMap` in iteration order, and a `HashMap` with its own
+/// random hasher iterates in an order of its own: the same resource would
+/// encode to different bytes, change version, and be pushed again for
+/// nothing. Every map in a generated resource is therefore built here, with
+/// one hasher for the whole process and keys inserted in sorted order, so
+/// equal content encodes to equal bytes.
+pub fn map<V>(entries: impl IntoIterator<Item = (String, V)>) -> HashMap<String, V> {
+    static HASHER: OnceLock<RandomState> = OnceLock::new();
+    let sorted: BTreeMap<String, V> = entries.into_iter().collect();
+    let mut out = HashMap::with_capacity_and_hasher(
+        sorted.len(),
+        HASHER.get_or_init(RandomState::new).clone(),
+    );
+    out.extend(sorted);
+    out
+}
+
 /// A protobuf `Struct` of string fields.
 pub fn string_struct<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Struct {
     Struct {
-        fields: pairs
+        fields: map(pairs
             .into_iter()
-            .map(|(k, v)| (k.to_string(), string_value(v)))
-            .collect(),
+            .map(|(k, v)| (k.to_string(), string_value(v)))),
     }
 }
 
