@@ -115,7 +115,6 @@ pub fn assignment(
                         region: loc.region.clone(),
                         zone: loc.zone.clone(),
                         sub_zone: loc.subzone.clone(),
-                        ..Default::default()
                     }),
                     lb_endpoints: eps,
                     load_balancing_weight: u32v(weight.max(1)),

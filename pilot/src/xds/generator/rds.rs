@@ -313,7 +313,6 @@ fn translate_route(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> Vec<Route> {
                             d.percentage.map(|p| p.value),
                             d.percent,
                         ))),
-                        ..Default::default()
                     })
                 }),
                 abort: f.abort.as_ref().and_then(|a| {
