@@ -109,3 +109,16 @@ fn gateway_api_samples_are_skipped_with_warnings_not_errors() {
         assert!(!store.status()[0].warnings.is_empty(), "{}", path.display());
     }
 }
+
+#[test]
+fn keel_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
+    let mut source = keel_pilot::source::file::FileSource::new(&dir);
+    let mut store = ConfigStore::new("cluster.local", "istio-system");
+    assert!(source.sync(&mut store).expect("examples readable"));
+    let snapshot = store.snapshot();
+    assert!(store.errors().is_empty(), "{:?}", store.errors());
+    assert!(store.status().iter().all(|f| f.warnings.is_empty()));
+    let reviews = &snapshot.registry.services["reviews.default.svc.cluster.local"];
+    assert_eq!(reviews.endpoints.len(), 3);
+}

@@ -7,7 +7,7 @@
 //! file's candidate version; a file whose objects fail them is rejected the
 //! same way, and the union is checked again until it is consistent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::load::{ConfigError, FileResult, Loaded, Object, Origin, load_str};
@@ -79,6 +79,45 @@ impl Config {
     }
 }
 
+/// Objects indexed by the hosts they name (resolved to FQDNs), so that
+/// finding the rules for one host does not scan every rule.
+#[derive(Clone, Debug, Default)]
+pub struct HostIndex {
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: Vec<(String, usize)>,
+}
+
+impl HostIndex {
+    fn build(hosts: impl Iterator<Item = (usize, Vec<String>)>) -> Self {
+        let mut index = Self::default();
+        for (i, list) in hosts {
+            for h in list {
+                if h.starts_with('*') {
+                    index.wildcard.push((h, i));
+                } else {
+                    index.exact.entry(h).or_default().push(i);
+                }
+            }
+        }
+        index
+    }
+
+    /// Positions of the objects naming `hostname`, exactly or by wildcard, in
+    /// ascending order without repeats.
+    pub fn candidates(&self, hostname: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = self.exact.get(hostname).cloned().unwrap_or_default();
+        out.extend(
+            self.wildcard
+                .iter()
+                .filter(|(pattern, _)| super::registry::host_matches(pattern, hostname))
+                .map(|(_, i)| *i),
+        );
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// One immutable generation of config, as the xDS generator reads it.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -92,6 +131,10 @@ pub struct Snapshot {
     pub config: Config,
     /// Services and endpoints.
     pub registry: Registry,
+    /// `config.virtual_services` by resolved host.
+    pub vs_hosts: HostIndex,
+    /// `config.destination_rules` by resolved host.
+    pub dr_hosts: HostIndex,
 }
 
 impl Snapshot {
@@ -207,12 +250,32 @@ impl ConfigStore {
             &self.domain_suffix,
         );
         self.generation += 1;
+        let domain = &self.domain_suffix;
+        let vs_hosts =
+            HostIndex::build(config.virtual_services.iter().enumerate().map(|(i, vs)| {
+                let ns = vs.metadata.namespace.as_deref().unwrap_or("default");
+                (
+                    i,
+                    vs.spec
+                        .hosts
+                        .iter()
+                        .map(|h| resolve_host(h, ns, domain))
+                        .collect(),
+                )
+            }));
+        let dr_hosts =
+            HostIndex::build(config.destination_rules.iter().enumerate().map(|(i, dr)| {
+                let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+                (i, vec![resolve_host(&dr.spec.host, ns, domain)])
+            }));
         Snapshot {
             generation: self.generation,
             domain_suffix: self.domain_suffix.clone(),
             root_namespace: self.root_namespace.clone(),
             config,
             registry,
+            vs_hosts,
+            dr_hosts,
         }
     }
 

@@ -83,19 +83,14 @@ impl<'a> Scope<'a> {
         service_ns: &str,
         gateway: &str,
     ) -> Option<&'a Arc<VirtualService>> {
+        let all = &self.snap.config.virtual_services;
         let mut candidates: Vec<&Arc<VirtualService>> = self
             .snap
-            .config
-            .virtual_services
-            .iter()
+            .vs_hosts
+            .candidates(hostname)
+            .into_iter()
+            .map(|i| &all[i])
             .filter(|vs| self.vs_visible(vs) && self.vs_bound_to(vs, gateway))
-            .filter(|vs| {
-                let ns = ns_of(&vs.metadata);
-                vs.spec
-                    .hosts
-                    .iter()
-                    .any(|h| host_matches(&self.resolve(h, ns), hostname))
-            })
             .collect();
         candidates.sort_by_key(|vs| {
             let ns = ns_of(&vs.metadata);
@@ -155,11 +150,13 @@ impl<'a> Scope<'a> {
         service_ns: &str,
     ) -> Option<&'a Arc<DestinationRule>> {
         let root = self.snap.root_namespace.as_str();
+        let all = &self.snap.config.destination_rules;
         let mut candidates: Vec<&Arc<DestinationRule>> = self
             .snap
-            .config
-            .destination_rules
-            .iter()
+            .dr_hosts
+            .candidates(hostname)
+            .into_iter()
+            .map(|i| &all[i])
             .filter(|dr| {
                 let ns = ns_of(&dr.metadata);
                 ExportTo::parse(&dr.spec.export_to, ns).allows(&self.node.namespace)
@@ -167,7 +164,6 @@ impl<'a> Scope<'a> {
                         ns == self.node.namespace
                             && labels_match(&sel.match_labels, &self.node.labels)
                     })
-                    && host_matches(&self.resolve(&dr.spec.host, ns), hostname)
             })
             .collect();
         candidates.sort_by_key(|dr| {
@@ -196,9 +192,10 @@ impl<'a> Scope<'a> {
     /// its own endpoint: (service, service port, workload port).
     pub fn inbound(&self) -> Vec<(&'a Arc<ServiceInfo>, u32, u32)> {
         let mut out = Vec::new();
+        let ip = self.node.ip.map(|ip| ip.to_string());
         for svc in self.snap.registry.services.values() {
             for ep in &svc.endpoints {
-                let mine = self.node.ip.is_some_and(|ip| ep.address == ip.to_string())
+                let mine = ip.as_ref().is_some_and(|ip| ep.address == *ip)
                     || (!ep.workload.is_empty() && ep.workload == self.node.pod_name);
                 if !mine {
                     continue;
