@@ -9,7 +9,7 @@
 //! follows `exportTo` (the `networking.istio.io/exportTo` annotation on
 //! Services). The registry is rebuilt from a config snapshot; it is plain data.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -274,19 +274,75 @@ pub struct Inputs<'a> {
     pub workload_entries: Vec<&'a WorkloadEntry>,
 }
 
+/// The inputs indexed by namespace and name, so building each service looks
+/// at its own namespace's objects only.
+struct Lookup<'a> {
+    pods_by_ns: HashMap<&'a str, Vec<&'a Pod>>,
+    pod_by_name: HashMap<(&'a str, &'a str), &'a Pod>,
+    slices_by_service: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    workload_entries_by_ns: HashMap<&'a str, Vec<&'a WorkloadEntry>>,
+}
+
+fn ns_or_default(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+impl<'a> Lookup<'a> {
+    fn new(inputs: &Inputs<'a>) -> Self {
+        let mut l = Self {
+            pods_by_ns: HashMap::new(),
+            pod_by_name: HashMap::new(),
+            slices_by_service: HashMap::new(),
+            workload_entries_by_ns: HashMap::new(),
+        };
+        for pod in &inputs.pods {
+            let ns = ns_or_default(&pod.metadata);
+            l.pods_by_ns.entry(ns).or_default().push(pod);
+            if let Some(name) = pod.metadata.name.as_deref() {
+                l.pod_by_name.insert((ns, name), pod);
+            }
+        }
+        for slice in &inputs.slices {
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"));
+            if let Some(service) = service {
+                l.slices_by_service
+                    .entry((ns_or_default(&slice.metadata), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        for we in &inputs.workload_entries {
+            l.workload_entries_by_ns
+                .entry(ns_or_default(&we.metadata))
+                .or_default()
+                .push(we);
+        }
+        l
+    }
+
+    fn pods(&self, ns: &str) -> &[&'a Pod] {
+        self.pods_by_ns.get(ns).map_or(&[], Vec::as_slice)
+    }
+}
+
 impl Registry {
     /// Builds the registry.
     pub fn build(inputs: &Inputs<'_>, domain_suffix: &str) -> Self {
         let mut services = BTreeMap::new();
+        let lookup = Lookup::new(inputs);
         for svc in &inputs.services {
-            if let Some(info) = from_kubernetes(svc, inputs, domain_suffix) {
+            if let Some(info) = from_kubernetes(svc, &lookup, domain_suffix) {
                 services
                     .entry(info.hostname.clone())
                     .or_insert_with(|| Arc::new(info));
             }
         }
         for se in &inputs.service_entries {
-            for info in from_service_entry(se, inputs) {
+            for info in from_service_entry(se, &lookup) {
                 services
                     .entry(info.hostname.clone())
                     .or_insert_with(|| Arc::new(info));
@@ -392,7 +448,7 @@ fn pod_endpoint(pod: &Pod, address: String, ports: BTreeMap<u32, u32>, healthy: 
     }
 }
 
-fn from_kubernetes(svc: &Service, inputs: &Inputs<'_>, domain: &str) -> Option<ServiceInfo> {
+fn from_kubernetes(svc: &Service, lookup: &Lookup<'_>, domain: &str) -> Option<ServiceInfo> {
     let name = svc.metadata.name.clone()?;
     let ns = svc
         .metadata
@@ -423,25 +479,12 @@ fn from_kubernetes(svc: &Service, inputs: &Inputs<'_>, domain: &str) -> Option<S
         .filter(|ip| ip.parse::<IpAddr>().is_ok())
         .collect();
 
-    let pod_by_name = |pod_name: &str| {
-        inputs.pods.iter().find(|p| {
-            p.metadata.name.as_deref() == Some(pod_name)
-                && p.metadata.namespace.as_deref().unwrap_or("default") == ns
-        })
-    };
+    let pod_by_name = |pod_name: &str| lookup.pod_by_name.get(&(ns.as_str(), pod_name)).copied();
     let mut endpoints = Vec::new();
-    let slices: Vec<_> = inputs
-        .slices
-        .iter()
-        .filter(|s| {
-            s.metadata.namespace.as_deref().unwrap_or("default") == ns
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    == Some(&name)
-        })
-        .collect();
+    let slices = lookup
+        .slices_by_service
+        .get(&(ns.as_str(), name.as_str()))
+        .map_or(&[][..], Vec::as_slice);
     if !slices.is_empty() {
         for slice in slices {
             for ep in &slice.endpoints {
@@ -482,11 +525,11 @@ fn from_kubernetes(svc: &Service, inputs: &Inputs<'_>, domain: &str) -> Option<S
             }
         }
     } else if let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
-        for pod in &inputs.pods {
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
-            if pod.metadata.namespace.as_deref().unwrap_or("default") != ns
-                || !labels_match(selector, &labels)
-            {
+        for pod in lookup.pods(&ns) {
+            let Some(labels) = pod.metadata.labels.as_ref() else {
+                continue;
+            };
+            if !labels_match(selector, labels) {
                 continue;
             }
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
@@ -520,7 +563,7 @@ fn from_kubernetes(svc: &Service, inputs: &Inputs<'_>, domain: &str) -> Option<S
     })
 }
 
-fn from_service_entry(se: &ServiceEntry, inputs: &Inputs<'_>) -> Vec<ServiceInfo> {
+fn from_service_entry(se: &ServiceEntry, lookup: &Lookup<'_>) -> Vec<ServiceInfo> {
     let spec = &se.spec;
     let ns = se
         .metadata
@@ -578,21 +621,20 @@ fn from_service_entry(se: &ServiceEntry, inputs: &Inputs<'_>) -> Vec<ServiceInfo
         .map(|we| from_workload(we, name.clone()))
         .collect();
     if let Some(sel) = &spec.workload_selector {
-        for we in &inputs.workload_entries {
-            if we.metadata.namespace.as_deref().unwrap_or("default") == ns
-                && labels_match(&sel.labels, &we.spec.labels)
-            {
+        let entries = lookup.workload_entries_by_ns.get(ns.as_str());
+        for we in entries.into_iter().flatten() {
+            if labels_match(&sel.labels, &we.spec.labels) {
                 endpoints.push(from_workload(
                     &we.spec,
                     we.metadata.name.clone().unwrap_or_default(),
                 ));
             }
         }
-        for pod in &inputs.pods {
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
-            if pod.metadata.namespace.as_deref().unwrap_or("default") != ns
-                || !labels_match(&sel.labels, &labels)
-            {
+        for pod in lookup.pods(&ns) {
+            let Some(labels) = pod.metadata.labels.as_ref() else {
+                continue;
+            };
+            if !labels_match(&sel.labels, labels) {
                 continue;
             }
             if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {

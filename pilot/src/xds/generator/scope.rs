@@ -7,6 +7,7 @@
 //!   client's namespace wins, then the service's namespace, then name order.
 //! - DestinationRules: the same precedence, then the root namespace.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::model::networking::{DestinationRule, Gateway, Sidecar, VirtualService};
@@ -23,6 +24,7 @@ pub struct Scope<'a> {
     pub node: &'a NodeInfo,
     /// Services the client may call, in hostname order.
     pub services: Vec<&'a Arc<ServiceInfo>>,
+    by_host: HashMap<&'a str, &'a Arc<ServiceInfo>>,
     /// Whether traffic to unknown destinations passes through (`ALLOW_ANY`)
     /// or is dropped (`REGISTRY_ONLY`).
     pub allow_any: bool,
@@ -34,11 +36,12 @@ impl<'a> Scope<'a> {
     /// Computes the client's view.
     pub fn new(snap: &'a Snapshot, node: &'a NodeInfo) -> Self {
         let sidecar = find_sidecar(snap, node);
-        let services = snap
+        let services: Vec<&Arc<ServiceInfo>> = snap
             .registry
             .visible(&node.namespace)
             .filter(|svc| sidecar.is_none_or(|sc| sidecar_admits(sc, node, svc)))
             .collect();
+        let by_host = services.iter().map(|s| (s.hostname.as_str(), *s)).collect();
         let allow_any = sidecar
             .and_then(|sc| sc.spec.outbound_traffic_policy.as_ref())
             .is_none_or(|p| {
@@ -57,6 +60,7 @@ impl<'a> Scope<'a> {
             snap,
             node,
             services,
+            by_host,
             allow_any,
             gateways,
         }
@@ -64,10 +68,7 @@ impl<'a> Scope<'a> {
 
     /// The visible service with this hostname.
     pub fn service(&self, hostname: &str) -> Option<&'a Arc<ServiceInfo>> {
-        self.services
-            .iter()
-            .copied()
-            .find(|s| s.hostname == hostname)
+        self.by_host.get(hostname).copied()
     }
 
     /// Resolves a host written in an object in namespace `ns`.
