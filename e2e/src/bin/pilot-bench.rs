@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,9 @@ struct Args {
     /// Deadline for one edit to reach every client, in seconds.
     #[arg(long, default_value_t = 60)]
     change_timeout_secs: u64,
+    /// Deadline for pilot's ready line (it loads and snapshots first), in seconds.
+    #[arg(long, default_value_t = 600)]
+    ready_timeout_secs: u64,
     /// Time snapshot() and the generator in this process instead of running
     /// pilot and clients.
     #[arg(long)]
@@ -146,15 +150,15 @@ impl Mesh {
     }
 
     fn has_grpc_port(svc: usize) -> bool {
-        svc % 3 == 0
+        svc.is_multiple_of(3)
     }
 
     fn has_rule(svc: usize) -> bool {
-        svc % 5 == 0
+        svc.is_multiple_of(5)
     }
 
     fn has_split(svc: usize) -> bool {
-        svc % 10 == 0
+        svc.is_multiple_of(10)
     }
 
     fn fqdn(&self, svc: usize) -> String {
@@ -290,7 +294,13 @@ enum Event {
 type Probe = Arc<Mutex<Option<String>>>;
 
 async fn over_ads(args: &Args, mesh: &Mesh, config_dir: &Path, stage: &Path) -> Result<()> {
-    let pilot_args = [
+    let pilot_args = vec![
+        "--config-dir".to_string(),
+        config_dir.to_string_lossy().into_owned(),
+        "--xds-addr".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--http-addr".to_string(),
+        "127.0.0.1:0".to_string(),
         "--poll-ms".to_string(),
         args.poll_ms.to_string(),
         "--debounce-after-ms".to_string(),
@@ -298,20 +308,23 @@ async fn over_ads(args: &Args, mesh: &Mesh, config_dir: &Path, stage: &Path) -> 
         "--debounce-max-ms".to_string(),
         args.debounce_max_ms.to_string(),
     ];
-    let config_dir_owned = config_dir.to_path_buf();
-    let pilot = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = pilot_args.iter().map(String::as_str).collect();
-        keel_e2e::spawn_pilot_with_args(&config_dir_owned, &refs)
-    })
-    .await
-    .context("starting pilot")??;
-    let pid = pilot.pid();
-    let addr = pilot.xds_addr;
+    let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
+    // Find (or build) pilot before the clock starts.
+    let bin = tokio::task::spawn_blocking(|| keel_e2e::bin_path("keel-pilot", "keel-pilot"))
+        .await
+        .context("finding keel-pilot")?;
+    let t = Instant::now();
+    let (pilot, addr) =
+        tokio::task::spawn_blocking(move || spawn_pilot(&bin, &pilot_args, ready_timeout))
+            .await
+            .context("starting pilot")??;
+    let startup = t.elapsed();
+    let pid = pilot.id();
     let ticks = clock_ticks();
     let cpu_loaded = cpu_seconds(&format!("/proc/{pid}/stat"), ticks)?;
     let mem_loaded = memory(pid)?;
     eprintln!(
-        "bench: pilot {pid} ready on {addr}; cpu {cpu_loaded:.2}s, RSS {} MiB after loading",
+        "bench: pilot {pid} ready on {addr} after {startup:.2?}; cpu {cpu_loaded:.2}s, RSS {} MiB after loading",
         mem_loaded.0 / 1024
     );
 
@@ -363,7 +376,7 @@ async fn over_ads(args: &Args, mesh: &Mesh, config_dir: &Path, stage: &Path) -> 
                 bytes,
             })) => {
                 ready.insert(client, (at - start, resources, bytes));
-                if ready.len() % 10 == 0 {
+                if ready.len().is_multiple_of(10) {
                     eprintln!(
                         "bench: {} clients fully pushed after {:.2?}",
                         ready.len(),
@@ -405,11 +418,12 @@ async fn over_ads(args: &Args, mesh: &Mesh, config_dir: &Path, stage: &Path) -> 
     );
     println!();
     println!(
-        "| full push | clients done | p50 | p99 | max (total) | pilot CPU | bench CPU | pilot RSS | pilot HWM |"
+        "| pilot start (load + first snapshot) | full push | clients done | p50 | p99 | max (total) | pilot CPU | bench CPU | pilot RSS | pilot HWM |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {}/{} | {} | {} | {} | {push_cpu:.1} s | {bench_cpu:.1} s | {} MiB | {} MiB |",
+        "| {} ({cpu_loaded:.2} s CPU) | {} | {}/{} | {} | {} | {} | {push_cpu:.1} s | {bench_cpu:.1} s | {} MiB | {} MiB |",
+        fmt_d(startup),
         if ready.len() == args.clients {
             "complete"
         } else {
@@ -557,6 +571,41 @@ async fn over_ads(args: &Args, mesh: &Mesh, config_dir: &Path, stage: &Path) -> 
     }
     drop(pilot);
     Ok(())
+}
+
+/// Starts `bin` (the release `keel-pilot` beside this binary, which
+/// `keel_e2e::bin_path` builds when missing or stale) with `args`, and waits
+/// up to `timeout` for its ready line. Returns the process (killed on drop)
+/// and its xDS address.
+fn spawn_pilot(
+    bin: &Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<(keel_e2e::ChildGuard, std::net::SocketAddr)> {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args);
+    let mut child = keel_e2e::ChildGuard::spawn("keel-pilot", &mut cmd, Stdio::piped())?;
+    let stdout = child.take_stdout().context("pilot's stdout is not piped")?;
+    let lines = keel_e2e::line_channel(stdout);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).with_context(|| {
+            format!("{} printed no ready line within {timeout:?}", bin.display())
+        })?;
+        let Some(rest) = line.strip_prefix("keel-pilot ready: ") else {
+            continue;
+        };
+        let xds = rest
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("xds="))
+            .with_context(|| format!("no xds= in {line:?}"))?
+            .parse()
+            .with_context(|| format!("bad xds address in {line:?}"))?;
+        // Keep draining stdout so pilot never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        return Ok((child, xds));
+    }
 }
 
 /// One simulated Envoy: CDS and LDS wildcard, then EDS for the EDS clusters
@@ -738,13 +787,9 @@ fn in_process(args: &Args, mesh: &Mesh, config_dir: &Path) -> Result<()> {
     let t = Instant::now();
     source.sync(&mut store)?;
     let load = t.elapsed();
-    let mut snapshot_times = Vec::new();
-    let mut snapshot = store.snapshot();
-    for _ in 0..args.repeat.max(1) {
-        let t = Instant::now();
-        snapshot = store.snapshot();
-        snapshot_times.push(t.elapsed());
-    }
+    let t = Instant::now();
+    let snapshot = store.snapshot();
+    let first_snapshot = t.elapsed();
     let node = NodeInfo::from_node(Some(&mesh.node(0))).context("parsing client 0's node")?;
     let generator = KeelGenerator;
     let mut rows = Vec::new();
@@ -792,7 +837,6 @@ fn in_process(args: &Args, mesh: &Mesh, config_dir: &Path) -> Result<()> {
     let _ = store.snapshot();
     let resnapshot = t.elapsed();
 
-    snapshot_times.sort();
     let per_client: Duration = rows.iter().map(|r| r.1).sum();
     println!();
     println!(
@@ -806,8 +850,8 @@ fn in_process(args: &Args, mesh: &Mesh, config_dir: &Path) -> Result<()> {
     println!("|---|---|---|---|");
     println!("| read + parse all files | {} | | |", fmt_d(load));
     println!(
-        "| ConfigStore::snapshot() | {} | {} services | |",
-        fmt_d(snapshot_times[0]),
+        "| ConfigStore::snapshot() (once) | {} | {} services | |",
+        fmt_d(first_snapshot),
         snapshot.registry.services.len()
     );
     println!(
@@ -846,6 +890,8 @@ fn fmt_pct(sorted: &[Duration], pct: usize) -> String {
 fn fmt_d(d: Duration) -> String {
     if d >= Duration::from_secs(1) {
         format!("{:.2} s", d.as_secs_f64())
+    } else if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
     } else {
         format!("{:.1} ms", d.as_secs_f64() * 1000.0)
     }
