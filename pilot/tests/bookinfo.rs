@@ -80,15 +80,15 @@ fn every_networking_sample_validates_and_translates() {
         for n in [&sidecar, &jason, &router, &grpc] {
             let mut total = 0;
             for t in [CLUSTER, ENDPOINT, LISTENER, ROUTE] {
-                total += KeelGenerator.generate(&snapshot, n, t, None).len();
+                total += KeelGenerator::new().generate(&snapshot, n, t, None).len();
             }
             assert!(total > 0, "{file}: nothing generated for {}", n.id);
         }
         // Proxyless gRPC asks for listeners by name.
         let names: BTreeSet<String> = ["reviews.default.svc.cluster.local:9080".to_string()].into();
-        let l = KeelGenerator.generate(&snapshot, &grpc, LISTENER, Some(&names));
+        let l = KeelGenerator::new().generate(&snapshot, &grpc, LISTENER, Some(&names));
         assert_eq!(l.len(), 1, "{file}");
-        let r = KeelGenerator.generate(&snapshot, &grpc, ROUTE, Some(&names));
+        let r = KeelGenerator::new().generate(&snapshot, &grpc, ROUTE, Some(&names));
         assert_eq!(r.len(), 1, "{file}");
     }
 }

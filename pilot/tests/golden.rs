@@ -38,7 +38,7 @@ fn check(case: &str, node: &NodeInfo, names: Option<&BTreeSet<String>>) {
         ("listeners", LISTENER),
         ("routes", ROUTE),
     ] {
-        let resources = KeelGenerator.generate(&snapshot, node, t, names);
+        let resources = KeelGenerator::new().generate(&snapshot, node, t, names);
         let rendered: Vec<Value> = resources.values().map(|r| any_json(&r.any)).collect();
         out.insert(key.into(), Value::Array(rendered));
     }
@@ -47,8 +47,8 @@ fn check(case: &str, node: &NodeInfo, names: Option<&BTreeSet<String>>) {
     again.upsert(&format!("{case}.yaml"), &input);
     let snapshot2 = again.snapshot();
     for t in [CLUSTER, ENDPOINT, LISTENER, ROUTE] {
-        let a = KeelGenerator.generate(&snapshot, node, t, names);
-        let b = KeelGenerator.generate(&snapshot2, node, t, names);
+        let a = KeelGenerator::new().generate(&snapshot, node, t, names);
+        let b = KeelGenerator::new().generate(&snapshot2, node, t, names);
         assert_eq!(a, b, "{case}: {t} is not deterministic");
     }
     let got = serde_json::to_string_pretty(&Value::Object(out)).expect("json") + "\n";

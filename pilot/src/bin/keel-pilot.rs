@@ -63,7 +63,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let first = file::publish(&store, &metrics);
     let (tx, rx) = watch::channel(first);
 
-    let generator = Arc::new(KeelGenerator);
+    let generator = Arc::new(KeelGenerator::new());
     let ads = AdsServer::new(generator.clone(), rx.clone(), metrics.clone());
 
     let xds_listener = tokio::net::TcpListener::bind(config.xds_addr)

@@ -121,6 +121,8 @@ impl HostIndex {
 /// One immutable generation of config, as the xDS generator reads it.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Identifies the store that built this snapshot (unique in the process).
+    pub store_id: u64,
     /// Increases with every change.
     pub generation: u64,
     /// The cluster DNS suffix (`cluster.local`).
@@ -135,6 +137,10 @@ pub struct Snapshot {
     pub vs_hosts: HostIndex,
     /// `config.destination_rules` by resolved host.
     pub dr_hosts: HostIndex,
+    /// Whether any config selects by workload labels (VirtualService
+    /// `sourceLabels`, DestinationRule or Sidecar `workloadSelector`), so
+    /// clients with different labels may see different resources.
+    pub label_sensitive: bool,
 }
 
 impl Snapshot {
@@ -170,6 +176,7 @@ struct FileState {
 /// Every file's config, and the snapshots built from it.
 #[derive(Debug)]
 pub struct ConfigStore {
+    id: u64,
     files: BTreeMap<String, FileState>,
     domain_suffix: String,
     root_namespace: String,
@@ -179,7 +186,9 @@ pub struct ConfigStore {
 impl ConfigStore {
     /// An empty store.
     pub fn new(domain_suffix: &str, root_namespace: &str) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             files: BTreeMap::new(),
             domain_suffix: domain_suffix.to_string(),
             root_namespace: root_namespace.to_string(),
@@ -268,7 +277,35 @@ impl ConfigStore {
                 let ns = dr.metadata.namespace.as_deref().unwrap_or("default");
                 (i, vec![resolve_host(&dr.spec.host, ns, domain)])
             }));
+        let label_sensitive = config
+            .destination_rules
+            .iter()
+            .any(|d| d.spec.workload_selector.is_some())
+            || config
+                .sidecars
+                .iter()
+                .any(|s| s.spec.workload_selector.is_some())
+            || config.virtual_services.iter().any(|vs| {
+                vs.spec
+                    .http
+                    .iter()
+                    .flat_map(|r| &r.matches)
+                    .any(|m| !m.source_labels.is_empty())
+                    || vs
+                        .spec
+                        .tcp
+                        .iter()
+                        .flat_map(|r| &r.matches)
+                        .any(|m| !m.source_labels.is_empty())
+                    || vs
+                        .spec
+                        .tls
+                        .iter()
+                        .flat_map(|r| &r.matches)
+                        .any(|m| !m.source_labels.is_empty())
+            });
         Snapshot {
+            store_id: self.id,
             generation: self.generation,
             domain_suffix: self.domain_suffix.clone(),
             root_namespace: self.root_namespace.clone(),
@@ -276,6 +313,7 @@ impl ConfigStore {
             registry,
             vs_hosts,
             dr_hosts,
+            label_sensitive,
         }
     }
 

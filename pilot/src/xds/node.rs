@@ -8,7 +8,7 @@ use keel_proto::envoy::config::core::v3::Node;
 use keel_proto::google::protobuf::{Struct, Value, value::Kind};
 
 /// What kind of proxy a client is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyType {
     /// A sidecar beside one workload.
@@ -18,7 +18,7 @@ pub enum ProxyType {
 }
 
 /// Which resource flavour a client consumes (Istio's `GENERATOR` metadata).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientFlavor {
     /// An Envoy-compatible proxy (Keel's proxy, Envoy).

@@ -34,6 +34,15 @@ const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// Every cluster the client may use.
 pub fn clusters(scope: &Scope<'_>) -> Vec<Resource> {
+    let mut out = outbound(scope);
+    out.extend(local(scope));
+    out
+}
+
+/// The clusters of the services the client may call. They depend on the
+/// client's namespace and (for label-sensitive config) labels, not on which
+/// instance it is, so clients of one class share them.
+pub fn outbound(scope: &Scope<'_>) -> Vec<Resource> {
     let grpc = scope.node.flavor == ClientFlavor::Grpc;
     let mut out = Vec::new();
     for svc in &scope.services {
@@ -71,6 +80,14 @@ pub fn clusters(scope: &Scope<'_>) -> Vec<Resource> {
             }
         }
     }
+    out
+}
+
+/// The clusters of this client instance: `inbound|PORT||` for its own
+/// workload's ports, and the BlackHole/Passthrough clusters.
+pub fn local(scope: &Scope<'_>) -> Vec<Resource> {
+    let grpc = scope.node.flavor == ClientFlavor::Grpc;
+    let mut out = Vec::new();
     if !grpc {
         for (svc, svc_port, target) in scope.inbound() {
             let name = cluster_name("inbound", target, "", "");
