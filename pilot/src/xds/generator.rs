@@ -62,18 +62,21 @@ impl Generator for KeelGenerator {
         let collect = |list: Vec<super::Resource>| -> Resources {
             list.into_iter().map(|r| (r.name.clone(), r)).collect()
         };
-        let shared = |make: &dyn Fn() -> Vec<super::Resource>| {
+        let shared = |make: &dyn Fn(Option<&cache::Memo>) -> Vec<super::Resource>| {
             let key = cache::ClassKey::new(snapshot, node, type_url, names);
-            self.cache.get_or_make(snapshot, key, || collect(make()))
+            self.cache
+                .get_or_make(snapshot, key, |memo| collect(make(memo)))
         };
         match type_url {
             CLUSTER => {
-                let mut out = Resources::clone(&shared(&|| cds::outbound(&scope)));
+                let mut out = Resources::clone(&shared(&|memo| cds::outbound(&scope, memo)));
                 out.extend(collect(cds::local(&scope)));
                 out
             }
-            ENDPOINT => Resources::clone(&shared(&|| eds::load_assignments(&scope, names))),
-            ROUTE => Resources::clone(&shared(&|| rds::route_configs(&scope, names))),
+            ENDPOINT => {
+                Resources::clone(&shared(&|memo| eds::load_assignments(&scope, names, memo)))
+            }
+            ROUTE => Resources::clone(&shared(&|_| rds::route_configs(&scope, names))),
             LISTENER => collect(lds::listeners(&scope, names)),
             _ => Resources::new(),
         }

@@ -8,6 +8,11 @@
 //! config generation and shared. Per-instance parts (inbound clusters and
 //! listeners) are never cached.
 //!
+//! Below classes, single clusters and load assignments depend only on the
+//! service, its DestinationRule and the client flavor, so [`Memo`] shares
+//! them between classes (clients in fifty namespaces share one copy of each
+//! service's clusters unless a namespace-local rule changes them).
+//!
 //! Concurrent requests for one class wait for a single generation instead of
 //! all computing it. The cache holds one config generation: a newer snapshot
 //! empties it; a stream still working on an older one generates uncached.
@@ -17,7 +22,49 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::model::store::Snapshot;
 use crate::xds::node::{ClientFlavor, ProxyType};
-use crate::xds::{NodeInfo, Resources};
+use crate::xds::{NodeInfo, Resource, Resources};
+
+/// What one memoized resource was built from, besides the generation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MemoKey {
+    /// `cds` or `eds`.
+    pub kind: &'static str,
+    /// The resource name (it names the service, port and subset).
+    pub name: String,
+    /// The DestinationRule applied (its address in this snapshot), or 0.
+    pub rule: usize,
+    /// Envoy or proxyless gRPC.
+    pub flavor: ClientFlavor,
+}
+
+/// Single resources shared between classes within one generation.
+#[derive(Debug, Default)]
+pub struct Memo {
+    resources: Mutex<HashMap<MemoKey, Resource>>,
+}
+
+impl Memo {
+    /// The resource for `key`, built by `make` if no class built it yet.
+    pub fn get_or_make(&self, key: MemoKey, make: impl FnOnce() -> Resource) -> Resource {
+        let lock = |m: &Mutex<HashMap<MemoKey, Resource>>| {
+            // The map only ever gains complete entries.
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned()
+        };
+        if let Some(r) = lock(&self.resources) {
+            return r;
+        }
+        let r = make();
+        self.resources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_insert_with(|| r.clone());
+        r
+    }
+}
 
 /// What makes two clients receive the same class-level resources.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +112,7 @@ struct Inner {
     store_id: u64,
     generation: u64,
     slots: HashMap<ClassKey, Slot>,
+    memo: Arc<Memo>,
 }
 
 impl ClassCache {
@@ -74,7 +122,7 @@ impl ClassCache {
         &self,
         snapshot: &Snapshot,
         key: ClassKey,
-        make: impl FnOnce() -> Resources,
+        make: impl FnOnce(Option<&Memo>) -> Resources,
     ) -> Arc<Resources> {
         let slot = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -82,16 +130,20 @@ impl ClassCache {
                 inner.store_id = snapshot.store_id;
                 inner.generation = snapshot.generation;
                 inner.slots.clear();
+                inner.memo = Arc::default();
             }
             if snapshot.generation < inner.generation {
                 None // an older snapshot: don't evict the current one for it.
             } else {
-                Some(Arc::clone(inner.slots.entry(key).or_default()))
+                Some((
+                    Arc::clone(inner.slots.entry(key).or_default()),
+                    Arc::clone(&inner.memo),
+                ))
             }
         };
         match slot {
-            Some(slot) => Arc::clone(slot.get_or_init(|| Arc::new(make()))),
-            None => Arc::new(make()),
+            Some((slot, memo)) => Arc::clone(slot.get_or_init(|| Arc::new(make(Some(&memo))))),
+            None => Arc::new(make(None)),
         }
     }
 

@@ -18,6 +18,7 @@ use keel_proto::envoy::extensions::upstreams::http::v3::{
 use keel_proto::envoy::r#type::v3::Percent as EnvoyPercent;
 use keel_proto::google::protobuf::{ListValue, Struct, UInt64Value, Value, value::Kind};
 
+use super::cache::{Memo, MemoKey};
 use super::scope::{Scope, ns_of};
 use super::util::{ads, duration, map, socket, string_struct, string_value, u32v};
 use super::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, cluster_name};
@@ -34,7 +35,7 @@ const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// Every cluster the client may use.
 pub fn clusters(scope: &Scope<'_>) -> Vec<Resource> {
-    let mut out = outbound(scope);
+    let mut out = outbound(scope, None);
     out.extend(local(scope));
     out
 }
@@ -42,11 +43,27 @@ pub fn clusters(scope: &Scope<'_>) -> Vec<Resource> {
 /// The clusters of the services the client may call. They depend on the
 /// client's namespace and (for label-sensitive config) labels, not on which
 /// instance it is, so clients of one class share them.
-pub fn outbound(scope: &Scope<'_>) -> Vec<Resource> {
+pub fn outbound(scope: &Scope<'_>, memo: Option<&Memo>) -> Vec<Resource> {
     let grpc = scope.node.flavor == ClientFlavor::Grpc;
     let mut out = Vec::new();
+    let mut push = |name: String, rule: usize, make: &dyn Fn(&str) -> Resource| {
+        let r = match memo {
+            Some(m) => m.get_or_make(
+                MemoKey {
+                    kind: "cds",
+                    name: name.clone(),
+                    rule,
+                    flavor: scope.node.flavor,
+                },
+                || make(&name),
+            ),
+            None => make(&name),
+        };
+        out.push(r);
+    };
     for svc in &scope.services {
         let dr = scope.destination_rule(&svc.hostname, &svc.namespace);
+        let rule = dr.map_or(0, |d| std::sync::Arc::as_ptr(d) as usize);
         for port in &svc.ports {
             if port.protocol == Protocol::Udp
                 || (grpc && !port.protocol.is_http() && port.protocol != Protocol::Auto)
@@ -55,28 +72,15 @@ pub fn outbound(scope: &Scope<'_>) -> Vec<Resource> {
             }
             let base = dr.and_then(|d| d.spec.traffic_policy.as_ref());
             let name = cluster_name("outbound", port.number, "", &svc.hostname);
-            out.push(outbound_cluster(
-                scope,
-                svc,
-                port.number,
-                port.protocol,
-                &name,
-                dr,
-                base,
-                None,
-            ));
+            push(name, rule, &|name| {
+                outbound_cluster(scope, svc, port.number, port.protocol, name, base, None)
+            });
             for subset in dr.iter().flat_map(|d| &d.spec.subsets) {
                 let name = cluster_name("outbound", port.number, &subset.name, &svc.hostname);
-                out.push(outbound_cluster(
-                    scope,
-                    svc,
-                    port.number,
-                    port.protocol,
-                    &name,
-                    dr,
-                    base,
-                    subset.traffic_policy.as_ref(),
-                ));
+                let policy = subset.traffic_policy.as_ref();
+                push(name, rule, &|name| {
+                    outbound_cluster(scope, svc, port.number, port.protocol, name, base, policy)
+                });
             }
         }
     }
@@ -143,14 +147,12 @@ pub fn local(scope: &Scope<'_>) -> Vec<Resource> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 fn outbound_cluster(
     scope: &Scope<'_>,
     svc: &ServiceInfo,
     port: u32,
     protocol: Protocol,
     name: &str,
-    dr: Option<&std::sync::Arc<DestinationRule>>,
     base: Option<&TrafficPolicy>,
     subset: Option<&TrafficPolicy>,
 ) -> Resource {
@@ -202,7 +204,6 @@ fn outbound_cluster(
     // Port-level settings override the top level; a subset's policy
     // (and its own port-level settings) override both.
     let policies: Vec<&TrafficPolicy> = [base, subset].into_iter().flatten().collect();
-    let _ = dr;
     let lb = pick(
         &policies,
         port,

@@ -9,6 +9,7 @@ use keel_proto::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 
+use super::cache::{Memo, MemoKey};
 use super::scope::{Scope, labels_match};
 use super::util::{map, socket, string_struct, u32v};
 use super::{cluster_name, parse_cluster_name};
@@ -17,7 +18,11 @@ use crate::model::registry::{Locality, ServiceInfo, ServiceSource};
 use crate::xds::Resource;
 
 /// Load assignments for the EDS clusters the client asked for (or all).
-pub fn load_assignments(scope: &Scope<'_>, names: Option<&BTreeSet<String>>) -> Vec<Resource> {
+pub fn load_assignments(
+    scope: &Scope<'_>,
+    names: Option<&BTreeSet<String>>,
+    memo: Option<&Memo>,
+) -> Vec<Resource> {
     let mut out = Vec::new();
     let wanted = |n: &str| names.is_none_or(|set| set.contains(n));
     for svc in &scope.services {
@@ -28,21 +33,31 @@ pub fn load_assignments(scope: &Scope<'_>, names: Option<&BTreeSet<String>>) -> 
             continue; // DNS and passthrough clusters carry no EDS.
         }
         let dr = scope.destination_rule(&svc.hostname, &svc.namespace);
+        let rule = dr.map_or(0, |d| std::sync::Arc::as_ptr(d) as usize);
+        let make = |name: String, port: u32, subset: Option<&BTreeMap<String, String>>| {
+            let build = || Resource::new(name.clone(), &assignment(&name, svc, port, subset));
+            match memo {
+                Some(m) => m.get_or_make(
+                    MemoKey {
+                        kind: "eds",
+                        name: name.clone(),
+                        rule,
+                        flavor: scope.node.flavor,
+                    },
+                    build,
+                ),
+                None => build(),
+            }
+        };
         for port in &svc.ports {
             let name = cluster_name("outbound", port.number, "", &svc.hostname);
             if wanted(&name) {
-                out.push(Resource::new(
-                    name.clone(),
-                    &assignment(&name, svc, port.number, None),
-                ));
+                out.push(make(name, port.number, None));
             }
             for subset in dr.iter().flat_map(|d| &d.spec.subsets) {
                 let name = cluster_name("outbound", port.number, &subset.name, &svc.hostname);
                 if wanted(&name) {
-                    out.push(Resource::new(
-                        name.clone(),
-                        &assignment(&name, svc, port.number, Some(&subset.labels)),
-                    ));
+                    out.push(make(name, port.number, Some(&subset.labels)));
                 }
             }
         }
