@@ -196,12 +196,13 @@ impl ConfigStore {
         }
     }
 
-    /// Loads (or reloads) one file's text. Returns its load result's errors
-    /// (cross-object errors are found by [`ConfigStore::snapshot`]).
-    pub fn upsert(&mut self, file: &str, text: &str) -> &[ConfigError] {
+    /// Loads (or reloads) one file's text. Returns what loading it found:
+    /// its objects, errors and warnings (cross-object errors are found by
+    /// [`ConfigStore::snapshot`]).
+    pub fn upsert(&mut self, file: &str, text: &str) -> &FileResult {
         let state = self.files.entry(file.to_string()).or_default();
         state.latest = load_str(file, text);
-        &state.latest.errors
+        &state.latest
     }
 
     /// Forgets a deleted file: its objects stop serving.

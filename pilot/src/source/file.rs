@@ -71,9 +71,12 @@ impl FileSource {
             match std::fs::read(self.dir.join(rel)) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
-                    let errors = store.upsert(rel, &text);
-                    for e in errors {
+                    let loaded = store.upsert(rel, &text);
+                    for e in &loaded.errors {
                         tracing::warn!(file = %rel, "config rejected: {e}");
+                    }
+                    for w in &loaded.warnings {
+                        tracing::info!(file = %rel, "{w}");
                     }
                     changed = true;
                 }
