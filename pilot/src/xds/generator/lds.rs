@@ -76,6 +76,19 @@ fn listener_filter(name: &str, any: Any) -> ListenerFilter {
     }
 }
 
+/// The TLS inspector (SNI for filter-chain matching), when `needed`.
+fn tls_inspector(needed: bool) -> Vec<ListenerFilter> {
+    needed
+        .then(|| {
+            listener_filter(
+                "envoy.filters.listener.tls_inspector",
+                keel_proto::any::pack(&TlsInspector::default()),
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
 fn http_filter(name: &str, any: Any) -> HttpFilter {
     HttpFilter {
         name: name.to_string(),
@@ -259,15 +272,7 @@ fn sidecar_listeners(scope: &Scope<'_>) -> Vec<Resource> {
                 address: Some(socket(&ip, port)),
                 bind_to_port: boolv(false),
                 traffic_direction: TrafficDirection::Outbound as i32,
-                listener_filters: tls
-                    .then(|| {
-                        listener_filter(
-                            "envoy.filters.listener.tls_inspector",
-                            keel_proto::any::pack(&TlsInspector::default()),
-                        )
-                    })
-                    .into_iter()
-                    .collect(),
+                listener_filters: tls_inspector(tls),
                 filter_chains: chains,
                 ..Default::default()
             },
@@ -467,15 +472,7 @@ fn gateway_listeners(scope: &Scope<'_>) -> Vec<Resource> {
                     name,
                     address: Some(socket("0.0.0.0", port)),
                     traffic_direction: TrafficDirection::Outbound as i32,
-                    listener_filters: tls
-                        .then(|| {
-                            listener_filter(
-                                "envoy.filters.listener.tls_inspector",
-                                keel_proto::any::pack(&TlsInspector::default()),
-                            )
-                        })
-                        .into_iter()
-                        .collect(),
+                    listener_filters: tls_inspector(tls),
                     filter_chains: chains,
                     ..Default::default()
                 },

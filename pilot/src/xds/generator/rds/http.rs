@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use super::{Ctx, DEFAULT_RETRY_ON, prefix_match};
 use crate::model::networking::{
-    Destination, Headers, HttpMatchRequest, HttpRoute, StringMatch, VirtualService,
+    Destination, GRPC_STATUS_CODES, Headers, HttpMatchRequest, HttpRoute, StringMatch,
+    VirtualService,
 };
 use crate::model::registry::ServiceInfo;
 use crate::xds::generator::cluster_name;
@@ -211,27 +212,8 @@ fn percent(value: Option<f64>, legacy: Option<i64>) -> f64 {
 
 /// gRPC status code for Istio's status names (`UNAVAILABLE`, …) or a number.
 pub fn grpc_code(name: &str) -> Option<u32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     name.parse().ok().or_else(|| {
-        NAMES
+        GRPC_STATUS_CODES
             .iter()
             .position(|n| n.eq_ignore_ascii_case(name))
             .map(|i| i as u32)
