@@ -140,7 +140,7 @@ async fn config_dump(
                     .into_values()
                     .map(|r| DynamicCluster {
                         version_info: r.version,
-                        cluster: Some(r.any),
+                        cluster: Some(Arc::unwrap_or_clone(r.any)),
                         ..Default::default()
                     })
                     .collect(),
@@ -154,7 +154,7 @@ async fn config_dump(
                         name: r.name,
                         active_state: Some(DynamicListenerState {
                             version_info: r.version,
-                            listener: Some(r.any),
+                            listener: Some(Arc::unwrap_or_clone(r.any)),
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -167,7 +167,7 @@ async fn config_dump(
                     .into_values()
                     .map(|r| DynamicRouteConfig {
                         version_info: r.version,
-                        route_config: Some(r.any),
+                        route_config: Some(Arc::unwrap_or_clone(r.any)),
                         ..Default::default()
                     })
                     .collect(),
@@ -178,7 +178,7 @@ async fn config_dump(
                     .into_values()
                     .map(|r| DynamicEndpointConfig {
                         version_info: r.version,
-                        endpoint_config: Some(r.any),
+                        endpoint_config: Some(Arc::unwrap_or_clone(r.any)),
                         ..Default::default()
                     })
                     .collect(),

@@ -10,6 +10,7 @@ pub mod generator;
 pub mod node;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use keel_proto::google::protobuf::Any;
 
@@ -22,8 +23,9 @@ pub struct Resource {
     pub name: String,
     /// A content hash of the encoded resource: equal versions mean equal bytes.
     pub version: String,
-    /// The packed resource.
-    pub any: Any,
+    /// The packed resource, shared: clients of one class hold the same
+    /// bytes until a response is built for them.
+    pub any: Arc<Any>,
 }
 
 impl Resource {
@@ -34,7 +36,7 @@ impl Resource {
         Self {
             name: name.into(),
             version,
-            any,
+            any: Arc::new(any),
         }
     }
 }

@@ -816,7 +816,7 @@ fn in_process(args: &Args, mesh: &Mesh, config_dir: &Path) -> Result<()> {
         }
         let resources: &keel_pilot::xds::Resources = &out;
         let response = DiscoveryResponse {
-            resources: resources.values().map(|r| r.any.clone()).collect(),
+            resources: resources.values().map(|r| r.any.as_ref().clone()).collect(),
             type_url: type_url.into(),
             ..Default::default()
         };

@@ -269,7 +269,7 @@ impl<G: Generator> Stream<G> {
             .map(|r| WireResource {
                 name: r.name,
                 version: r.version,
-                resource: Some(r.any),
+                resource: Some(Arc::unwrap_or_clone(r.any)),
                 ..Default::default()
             })
             .collect();

@@ -235,7 +235,10 @@ impl<G: Generator> Stream<G> {
         self.conn.set_type_status(type_url, status);
         let response = DiscoveryResponse {
             version_info: version,
-            resources: resources.into_values().map(|r| r.any).collect(),
+            resources: resources
+                .into_values()
+                .map(|r| Arc::unwrap_or_clone(r.any))
+                .collect(),
             type_url: type_url.to_string(),
             nonce,
             ..Default::default()
