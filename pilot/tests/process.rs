@@ -399,3 +399,40 @@ async fn delta_streams_get_only_what_changed() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_and_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("services.yaml"), SERVICES).expect("write");
+    let mut pilot = start(dir.path());
+    let mut c = Sotw::open(pilot.xds, SIDECAR, CLUSTER).await;
+    let r = c.recv(Duration::from_secs(5)).await;
+    c.ack(&r, None).await;
+
+    let pid = pilot.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // The open stream is ended with UNAVAILABLE, telling the client to go
+    // elsewhere, instead of holding the shutdown up forever.
+    let err = tokio::time::timeout(Duration::from_secs(5), c.rx.next())
+        .await
+        .expect("the stream ends in time")
+        .expect("an item")
+        .expect_err("ended with a status");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(exit) = pilot.child.try_wait().expect("wait") {
+            assert!(exit.success(), "{exit}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pilot did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

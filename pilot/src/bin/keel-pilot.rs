@@ -87,6 +87,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
 
+    let ads_handle = ads.clone();
     let debug_state = Arc::new(DebugState {
         metrics: metrics.clone(),
         store,
@@ -116,9 +117,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         writeln!(out, "keel-pilot ready: xds={xds_addr} http={http_addr}")?;
         out.flush()?;
     }
+    let ads_for_stop = ads_handle.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        ads_for_stop.shutdown();
         let _ = stop_tx.send(true);
     });
     let (h, x) = tokio::join!(http, xds);

@@ -125,8 +125,16 @@ impl<G: Generator> AdsServer<G> {
                 clients: Mutex::new(BTreeMap::new()),
                 next_connection: AtomicU64::new(1),
                 next_nonce: AtomicU64::new(1),
+                shutdown: watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends every stream with UNAVAILABLE ("pilot is shutting down"), so
+    /// clients reconnect elsewhere and a graceful server shutdown is not held
+    /// up by streams that never end by themselves. New streams are refused.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
@@ -213,6 +221,8 @@ struct Shared<G: Generator> {
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_connection: AtomicU64,
     next_nonce: AtomicU64,
+    /// True once the server is shutting down.
+    shutdown: watch::Sender<bool>,
 }
 
 struct ClientEntry {
@@ -401,6 +411,9 @@ enum StreamError {
     /// The client went away; not an error worth a status.
     #[error("the client closed the stream")]
     Closed,
+    /// Pilot is stopping.
+    #[error("pilot is shutting down; reconnect to another instance")]
+    ShuttingDown,
 }
 
 impl StreamError {
@@ -411,6 +424,7 @@ impl StreamError {
             Self::TooManyNames { .. } => Status::resource_exhausted(msg),
             Self::Generator { .. } => Status::internal(msg),
             Self::Closed => Status::cancelled(msg),
+            Self::ShuttingDown => Status::unavailable(msg),
         }
     }
 
@@ -422,6 +436,7 @@ impl StreamError {
             Self::TooManyNames { .. } => "too_many_names",
             Self::Generator { .. } => "generator",
             Self::Closed => "closed",
+            Self::ShuttingDown => "shutdown",
         }
     }
 }
@@ -430,6 +445,11 @@ impl StreamError {
 /// the client is already gone).
 async fn end_stream<T>(metrics: &Metrics, tx: &mpsc::Sender<Result<T, Status>>, err: StreamError) {
     if matches!(err, StreamError::Closed) {
+        return;
+    }
+    if matches!(err, StreamError::ShuttingDown) {
+        // Not the client's fault: tell it, don't count it.
+        let _ = tx.send(Err(err.status())).await;
         return;
     }
     metrics.stream_errors.inc(&[err.reason()]);

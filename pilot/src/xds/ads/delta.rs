@@ -109,8 +109,13 @@ impl<G: Generator> Stream<G> {
     ) -> Result<(), StreamError> {
         self.on_request(first).await?;
         let mut watching = true;
+        let mut shutdown = self.conn.shared.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return Err(StreamError::ShuttingDown);
+        }
         loop {
             let event = tokio::select! {
+                _ = shutdown.changed() => return Err(StreamError::ShuttingDown),
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => Event::Request(Box::new(req)),
                     Ok(None) => Event::Done,
