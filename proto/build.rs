@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/istio/v1/auth/ca.proto"];
+    let protos = [
+        "proto/istio/v1/auth/ca.proto",
+        "proto/keel/echo/v1/echo.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

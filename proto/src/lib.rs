@@ -5,7 +5,8 @@
 //!   [`google`], plus [`any`]: packing and unpacking `google.protobuf.Any` by
 //!   type URL, and the xDS type URLs pilot and the proxy exchange.
 //! - Keel's own services, compiled from `proto/` at build time with protox
-//!   (no system `protoc`): the certificate API ([`istio::v1::auth`]).
+//!   (no system `protoc`): the certificate API ([`istio::v1::auth`]) and the
+//!   sample workload's echo API ([`keel::echo::v1`]).
 //!
 //! It holds no behaviour beyond encoding: no clients, no servers, no config.
 
@@ -24,6 +25,18 @@ pub mod istio {
         pub mod auth {
             #![allow(clippy::all, missing_docs, unreachable_pub)]
             tonic::include_proto!("istio.v1.auth");
+        }
+    }
+}
+
+/// Keel's own protobuf APIs under the `keel` package.
+pub mod keel {
+    /// The sample workload's API.
+    pub mod echo {
+        /// `keel.echo.v1.Echo`, served by `keel-echo` (keel-e2e).
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs, unreachable_pub)]
+            tonic::include_proto!("keel.echo.v1");
         }
     }
 }

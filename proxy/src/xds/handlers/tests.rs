@@ -1,0 +1,394 @@
+//! Handler tests on resources produced by pilot's real generator, plus one
+//! case per rejection rule.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use keel_pilot::model::store::ConfigStore;
+use keel_pilot::xds::generator::KeelGenerator;
+use keel_pilot::xds::node::metadata;
+use keel_pilot::xds::{Generator, NodeInfo};
+use keel_proto::any::{CLUSTER, ENDPOINT, LISTENER, ROUTE, pack};
+use keel_proto::envoy::config::core::v3::Node;
+use keel_proto::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener as PbListener, filter,
+};
+use keel_proto::envoy::config::route::v3 as pbr;
+use keel_proto::envoy::service::discovery::v3::DiscoveryResponse;
+use keel_proto::google::protobuf::{Any, UInt32Value};
+
+use super::*;
+use crate::state::listener::{ChainAction, RouteSource};
+use crate::state::route::{Action, HeaderCondition, PathMatch, StringMatch};
+
+fn generate(case: &str, type_url: &str, names: Option<&BTreeSet<String>>) -> Vec<Any> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pilot/tests/testdata/golden");
+    let input = std::fs::read_to_string(dir.join(format!("{case}.yaml"))).expect("input");
+    let mut store = ConfigStore::new("cluster.local", "istio-system");
+    store.upsert(&format!("{case}.yaml"), &input);
+    assert!(store.errors().is_empty(), "{:?}", store.errors());
+    let (id, labels): (&str, &[(&str, &str)]) = match case {
+        "gateway" => (
+            "router~10.1.0.100~ingress-1.istio-system~istio-system.svc.cluster.local",
+            &[("istio", "ingressgateway")],
+        ),
+        _ => (
+            "sidecar~10.1.0.7~productpage-v1-1.default~default.svc.cluster.local",
+            &[("app", "productpage"), ("version", "v1")],
+        ),
+    };
+    let node = NodeInfo::from_node(Some(&Node {
+        id: id.into(),
+        metadata: Some(metadata(&[], labels)),
+        ..Default::default()
+    }))
+    .expect("node");
+    KeelGenerator::new()
+        .generate(&store.snapshot(), &node, type_url, names)
+        .values()
+        .map(|r| (*r.any).clone())
+        .collect()
+}
+
+fn response(type_url: &str, version: &str, resources: Vec<Any>) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.into(),
+        type_url: type_url.into(),
+        nonce: format!("n-{version}"),
+        resources,
+        ..Default::default()
+    }
+}
+
+/// Applies CDS, LDS, then EDS and RDS for what they reference, as the client does.
+fn load(case: &str) -> ProxyState {
+    let none = BTreeSet::new();
+    let mut state = ProxyState::default();
+    for t in [CLUSTER, LISTENER] {
+        let a = apply(&state, &response(t, "1", generate(case, t, None)), &none);
+        assert!(a.errors.is_empty(), "{case} {t}: {:?}", a.errors);
+        state = a.state;
+    }
+    let eds = state.referenced_endpoints();
+    let a = apply(
+        &state,
+        &response(ENDPOINT, "1", generate(case, ENDPOINT, Some(&eds))),
+        &eds,
+    );
+    assert!(a.errors.is_empty(), "{case} eds: {:?}", a.errors);
+    state = a.state;
+    let rds = state.referenced_routes();
+    let a = apply(
+        &state,
+        &response(ROUTE, "1", generate(case, ROUTE, Some(&rds))),
+        &rds,
+    );
+    assert!(a.errors.is_empty(), "{case} rds: {:?}", a.errors);
+    a.state
+}
+
+#[test]
+fn everything_pilot_emits_is_accepted() {
+    for case in [
+        "sidecar-canary",
+        "gateway",
+        "registry-only",
+        "grpc-proxyless",
+    ] {
+        let state = load(case);
+        assert!(!state.clusters.is_empty(), "{case}");
+        assert!(state.is_ready(), "{case} not ready: {:?}", state.xds);
+    }
+}
+
+#[test]
+fn reviews_routes_keep_order_weights_and_policies() {
+    let state = load("sidecar-canary");
+    let table = &state.routes["9080"];
+    let vh = table.virtual_host("reviews:9080").expect("reviews vhost");
+    assert_eq!(vh.name, "reviews.default.svc.cluster.local:9080");
+    let jason = &vh.routes[0];
+    assert_eq!(jason.name, "jason");
+    assert!(!jason.matcher.case_sensitive);
+    assert!(matches!(&jason.matcher.path, PathMatch::Prefix(p) if p == "/reviews"));
+    let h = &jason.matcher.headers[0];
+    assert_eq!(h.name, "end-user");
+    assert!(
+        matches!(&h.condition, HeaderCondition::Value(m) if matches!(&m.pattern, StringMatch::Exact(v) if v == "jason"))
+    );
+    let Action::Forward(f) = &jason.action else {
+        panic!("jason forwards")
+    };
+    assert_eq!(
+        f.clusters[0].name,
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+    let delay = jason
+        .fault
+        .as_ref()
+        .and_then(|f| f.delay.as_ref())
+        .expect("delay");
+    assert_eq!(delay.fraction_ppm, 500_000);
+    assert_eq!(delay.duration.as_secs(), 2);
+
+    let canary = &vh.routes[1];
+    let Action::Forward(f) = &canary.action else {
+        panic!("canary forwards")
+    };
+    let weights: Vec<(&str, u32)> = f
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("outbound|9080|v1|reviews.default.svc.cluster.local", 80),
+            ("outbound|9080|v3|reviews.default.svc.cluster.local", 20)
+        ]
+    );
+    assert_eq!(f.total_weight, 100);
+    assert_eq!(f.timeout.map(|t| t.as_secs()), Some(3));
+    let retry = f.retry.as_ref().expect("retry");
+    assert_eq!(retry.num_retries, 3);
+    assert_eq!(retry.retriable_status_codes, [503]);
+    assert_eq!(f.mirrors[0].fraction_ppm, 100_000);
+    assert!(canary.cors.is_some());
+    assert_eq!(canary.request_headers.remove, ["x-debug"]);
+
+    // Listeners point at the route table; endpoints carry labels and workload.
+    let outbound = &state.listeners["0.0.0.0_9080"];
+    assert!(!outbound.bind_to_port);
+    assert!(
+        matches!(&outbound.filter_chains[0].action, ChainAction::Http(h) if matches!(&h.routes, RouteSource::Rds(n) if n == "9080"))
+    );
+    let v1 = &state.endpoints["outbound|9080|v1|reviews.default.svc.cluster.local"];
+    let ep = &v1.localities[0].endpoints[0];
+    assert_eq!(ep.labels["version"], "v1");
+    assert_eq!(
+        ep.workload.as_ref().map(|w| w.workload.as_str()),
+        Some("reviews-v1-1")
+    );
+    assert_eq!(v1.localities[0].locality.zone, "zone-a");
+}
+
+fn listener_with_filter(name: &str, filter_name: &str) -> Any {
+    pack(&PbListener {
+        name: name.into(),
+        address: Some(keel_proto::envoy::config::core::v3::Address {
+            address: Some(keel_proto::envoy::config::core::v3::address::Address::SocketAddress(
+                keel_proto::envoy::config::core::v3::SocketAddress {
+                    address: "0.0.0.0".into(),
+                    port_specifier: Some(
+                        keel_proto::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(9080),
+                    ),
+                    ..Default::default()
+                },
+            )),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: filter_name.into(),
+                config_type: Some(filter::ConfigType::TypedConfig(Any {
+                    type_url: format!("type.googleapis.com/{filter_name}.Config"),
+                    value: Vec::new(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn rejected_listener_keeps_its_previous_version_and_others_apply() {
+    let state = load("sidecar-canary");
+    let mut resources: Vec<Any> = generate("sidecar-canary", LISTENER, None)
+        .into_iter()
+        .filter(|a| {
+            keel_proto::any::unpack::<PbListener>(a)
+                .map(|l| l.name)
+                .ok()
+                .as_deref()
+                != Some("0.0.0.0_9080")
+        })
+        .collect();
+    resources.push(listener_with_filter(
+        "0.0.0.0_9080",
+        "envoy.filters.network.redis_proxy",
+    ));
+    resources.push(listener_with_filter(
+        "0.0.0.0_6379",
+        "envoy.filters.network.redis_proxy",
+    ));
+    let a = apply(
+        &state,
+        &response(LISTENER, "2", resources),
+        &BTreeSet::new(),
+    );
+    assert_eq!(
+        a.errors,
+        [
+            "listener 0.0.0.0_9080: filter_chains[0].filters[0]: unsupported network filter \"envoy.filters.network.redis_proxy\"",
+            "listener 0.0.0.0_6379: filter_chains[0].filters[0]: unsupported network filter \"envoy.filters.network.redis_proxy\"",
+        ]
+    );
+    // The old 9080 listener still serves (same Arc); the new one never appears.
+    assert!(std::sync::Arc::ptr_eq(
+        &a.state.listeners["0.0.0.0_9080"],
+        &state.listeners["0.0.0.0_9080"]
+    ));
+    assert!(!a.state.listeners.contains_key("0.0.0.0_6379"));
+    assert!(a.state.listeners.contains_key("virtualInbound"));
+    let lds = &a.state.xds["lds"];
+    assert_eq!(lds.version, "1", "a NACK keeps the last accepted version");
+    assert_eq!(
+        lds.last_nack.as_ref().map(|n| n.version.as_str()),
+        Some("2")
+    );
+}
+
+fn route_config(name: &str, route: pbr::Route) -> Any {
+    pack(&pbr::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![pbr::VirtualHost {
+            name: "vh".into(),
+            domains: vec!["*".into()],
+            routes: vec![route],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn bad_regex_and_zero_weight_are_rejected_alone() {
+    let state = load("sidecar-canary");
+    let bad_regex = pbr::Route {
+        r#match: Some(pbr::RouteMatch {
+            path_specifier: Some(pbr::route_match::PathSpecifier::SafeRegex(
+                keel_proto::envoy::r#type::matcher::v3::RegexMatcher {
+                    regex: "/api/(".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        action: Some(pbr::route::Action::Route(pbr::RouteAction {
+            cluster_specifier: Some(pbr::route_action::ClusterSpecifier::Cluster("c".into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let zero = pbr::Route {
+        r#match: Some(pbr::RouteMatch {
+            path_specifier: Some(pbr::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(pbr::route::Action::Route(pbr::RouteAction {
+            cluster_specifier: Some(pbr::route_action::ClusterSpecifier::WeightedClusters(
+                pbr::WeightedCluster {
+                    clusters: vec![pbr::weighted_cluster::ClusterWeight {
+                        name: "a".into(),
+                        weight: Some(UInt32Value { value: 0 }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let names: BTreeSet<String> = ["9080".to_string()].into();
+    let a = apply(
+        &state,
+        &response(ROUTE, "2", vec![route_config("9080", bad_regex)]),
+        &names,
+    );
+    assert_eq!(a.errors.len(), 1);
+    assert!(
+        a.errors[0].starts_with(
+            "route 9080: virtual_hosts[0].routes[0].match.safe_regex: regex \"/api/(\" does not compile"
+        ),
+        "{}",
+        a.errors[0]
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &a.state.routes["9080"],
+        &state.routes["9080"]
+    ));
+
+    let a = apply(
+        &state,
+        &response(ROUTE, "3", vec![route_config("9080", zero)]),
+        &names,
+    );
+    assert_eq!(
+        a.errors,
+        [
+            "route 9080: virtual_hosts[0].routes[0].route.weighted_clusters: total weight is 0: at least one cluster needs a positive weight"
+        ]
+    );
+}
+
+#[test]
+fn wrong_type_and_garbage_are_rejected_without_removing_anything() {
+    let state = load("sidecar-canary");
+    let mut clusters = generate("sidecar-canary", CLUSTER, None);
+    let dropped = clusters.remove(0);
+    let dropped_name =
+        keel_proto::any::unpack::<keel_proto::envoy::config::cluster::v3::Cluster>(&dropped)
+            .expect("cluster")
+            .name;
+    clusters.push(Any {
+        type_url: CLUSTER.into(),
+        value: vec![0xff, 0xff, 0xff],
+    });
+    clusters.push(pack(&PbListener::default()));
+    let a = apply(&state, &response(CLUSTER, "2", clusters), &BTreeSet::new());
+    assert_eq!(a.errors.len(), 2, "{:?}", a.errors);
+    assert!(
+        a.errors[0].starts_with("cluster resources[") && a.errors[0].contains("malformed protobuf"),
+        "{}",
+        a.errors[0]
+    );
+    assert!(
+        a.errors[1].contains("type URL \"type.googleapis.com/envoy.config.listener.v3.Listener\" is not \"type.googleapis.com/envoy.config.cluster.v3.Cluster\""),
+        "{}",
+        a.errors[1]
+    );
+    // The undecodable resource might have been the missing one: keep it.
+    assert!(a.state.clusters.contains_key(&dropped_name));
+
+    // A clean response does remove what it no longer lists.
+    let mut clusters = generate("sidecar-canary", CLUSTER, None);
+    clusters.remove(0);
+    let a = apply(&state, &response(CLUSTER, "3", clusters), &BTreeSet::new());
+    assert!(a.errors.is_empty());
+    assert!(!a.state.clusters.contains_key(&dropped_name));
+}
+
+#[test]
+fn unsupported_cluster_type_and_non_ads_rds_are_rejected() {
+    use keel_proto::envoy::config::cluster::v3::{Cluster as PbCluster, cluster};
+    let custom = pack(&PbCluster {
+        name: "redis".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
+            cluster::CustomClusterType {
+                name: "envoy.clusters.redis".into(),
+                typed_config: None,
+            },
+        )),
+        ..Default::default()
+    });
+    let a = apply(
+        &ProxyState::default(),
+        &response(CLUSTER, "1", vec![custom]),
+        &BTreeSet::new(),
+    );
+    assert_eq!(
+        a.errors,
+        ["cluster redis: cluster_type: unsupported cluster type \"envoy.clusters.redis\""]
+    );
+}
