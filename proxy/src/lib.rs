@@ -10,5 +10,6 @@
 pub mod admin;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod state;
 pub mod xds;
