@@ -8,6 +8,7 @@
 //! next).
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod logging;
 pub mod metrics;
