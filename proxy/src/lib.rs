@@ -10,7 +10,9 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod detect;
 pub mod logging;
 pub mod metrics;
+pub mod orig_dst;
 pub mod state;
 pub mod xds;
