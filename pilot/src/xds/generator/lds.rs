@@ -532,20 +532,7 @@ fn downstream_tls(tls: &crate::model::networking::ServerTlsSettings) -> Transpor
 /// API listeners for proxyless gRPC: one per `host:port` asked for (or, for
 /// a wildcard request, per visible HTTP service port).
 fn grpc_listeners(scope: &Scope<'_>, names: Option<&BTreeSet<String>>) -> Vec<Resource> {
-    let targets: Vec<String> = match names {
-        Some(set) => set.iter().cloned().collect(),
-        None => scope
-            .services
-            .iter()
-            .flat_map(|s| {
-                s.ports
-                    .iter()
-                    .filter(|p| p.protocol.is_http() || p.protocol == Protocol::Auto)
-                    .map(move |p| format!("{}:{}", s.hostname, p.number))
-            })
-            .collect(),
-    };
-    targets
+    rds::grpc_targets(scope, names)
         .into_iter()
         .filter(|t| rds::grpc_target(scope, t).is_some())
         .map(|target| {

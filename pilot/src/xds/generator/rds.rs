@@ -306,6 +306,24 @@ fn default_404() -> Route {
     }
 }
 
+/// The `host:port` targets a proxyless gRPC client gets: the names it asked
+/// for, or (for a wildcard request) every visible HTTP service port.
+pub fn grpc_targets(scope: &Scope<'_>, names: Option<&BTreeSet<String>>) -> Vec<String> {
+    match names {
+        Some(set) => set.iter().cloned().collect(),
+        None => scope
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.ports
+                    .iter()
+                    .filter(|p| p.protocol.is_http() || p.protocol == Protocol::Auto)
+                    .map(move |p| format!("{}:{}", s.hostname, p.number))
+            })
+            .collect(),
+    }
+}
+
 /// Resolves a proxyless gRPC target `host:port` to a visible service port.
 pub fn grpc_target<'a>(scope: &Scope<'a>, target: &str) -> Option<(&'a Arc<ServiceInfo>, u32)> {
     let (host, port) = target.rsplit_once(':')?;
@@ -324,20 +342,7 @@ fn grpc_route_configs(
     scope: &Scope<'_>,
     names: Option<&BTreeSet<String>>,
 ) -> Vec<RouteConfiguration> {
-    let targets: Vec<String> = match names {
-        Some(set) => set.iter().cloned().collect(),
-        None => scope
-            .services
-            .iter()
-            .flat_map(|s| {
-                s.ports
-                    .iter()
-                    .filter(|p| p.protocol.is_http() || p.protocol == Protocol::Auto)
-                    .map(move |p| format!("{}:{}", s.hostname, p.number))
-            })
-            .collect(),
-    };
-    targets
+    grpc_targets(scope, names)
         .into_iter()
         .filter_map(|target| {
             let (svc, port) = grpc_target(scope, &target)?;
