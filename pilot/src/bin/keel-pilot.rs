@@ -119,7 +119,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let ads_for_stop = ads_handle.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        keel_common::shutdown_signal().await;
         tracing::info!("shutting down");
         ads_for_stop.shutdown();
         let _ = stop_tx.send(true);
@@ -128,26 +128,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
     h.context("HTTP server")?;
     x.context("xDS server")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

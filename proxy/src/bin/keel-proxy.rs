@@ -90,7 +90,7 @@ async fn run(
     let mut quit = shutdown_rx.clone();
     tokio::select! {
         _ = quit.wait_for(|s| *s) => {}
-        _ = signal() => tracing::info!("signal received: shutting down"),
+        _ = keel_common::shutdown_signal() => tracing::info!("shutting down"),
     }
     shutdown_tx.send_replace(true);
     let _ = xds_task.await;
@@ -101,27 +101,4 @@ async fn run(
     }
     tracing::info!("keel-proxy stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

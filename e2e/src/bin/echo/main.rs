@@ -126,7 +126,7 @@ async fn run() -> Result<()> {
     let grpc = EchoServer::new(grpc::GrpcEcho::new(shared.clone()));
     let graceful = GracefulShutdown::new();
     let mut incoming = futures::stream::select_all(listeners);
-    let shutdown = shutdown_signal();
+    let shutdown = keel_common::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -209,32 +209,4 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            warn!("cannot listen for Ctrl-C: {err}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(err) => {
-                warn!("cannot listen for SIGTERM: {err}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!("Ctrl-C received"),
-        () = term => info!("SIGTERM received"),
-    }
 }

@@ -1,0 +1,57 @@
+//! keel-common: only what two or more Keel binaries share.
+//!
+//! Today that is [`shutdown_signal`], the wait for SIGTERM or Ctrl-C every
+//! binary drains on. Component logic never lives here.
+
+/// Resolves on the first SIGTERM or Ctrl-C, logging which arrived. A signal
+/// that cannot be listened for (no handler could be installed) is logged and
+/// never fires, so the other one still works.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {err}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!("cannot listen for SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn sigterm_resolves_the_wait() {
+        let wait = tokio::spawn(super::shutdown_signal());
+        // Let the handler install before the signal is raised.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pid = std::process::id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("resolves after SIGTERM")
+            .expect("task ok");
+    }
+}
