@@ -2,10 +2,11 @@
 //!
 //! This crate owns the proxy's configuration ([`config`]), its state as pilot
 //! configured it in Keel's own representation ([`state`]), the ADS client and
-//! typed handlers that keep that state current ([`xds`]), and the admin and
-//! readiness servers ([`admin`]). It does not yet own a data path: listeners
-//! are not bound and nothing is forwarded (that is `inbound`/`outbound`,
-//! next).
+//! typed handlers that keep that state current ([`xds`]), the admin and
+//! readiness servers ([`admin`]), and the data path: listeners and filter
+//! chain selection ([`listen`]), HTTP forwarding ([`http`]) with routing
+//! ([`router`]), TCP proxying ([`tcp`]), and the upstream clusters with their
+//! balancers and connection pools ([`upstream`]).
 
 pub mod admin;
 pub mod balance;
@@ -14,5 +15,6 @@ pub mod detect;
 pub mod logging;
 pub mod metrics;
 pub mod orig_dst;
+pub mod router;
 pub mod state;
 pub mod xds;

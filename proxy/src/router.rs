@@ -1,0 +1,1 @@
+//! Request routing (placeholder; being written).
