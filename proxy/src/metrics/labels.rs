@@ -24,39 +24,43 @@ use crate::state::endpoint::Endpoint;
 /// Istio's value for a label the proxy cannot know.
 pub const UNKNOWN: &str = "unknown";
 
-/// `response_flags` values: Envoy's short codes, which Keel's data path uses
-/// for its own errors too (a combination is comma-joined, as in Envoy).
+/// `response_flags` values. Keel uses one short reason code per cause,
+/// the same word in the `x-keel-error` header of a response the proxy
+/// produced itself, in this label and in the log line (Envoy's letter codes
+/// are listed for reference; a combination is comma-joined, as in Envoy).
 pub mod flags {
     /// No flag.
     pub const NONE: &str = "-";
-    /// Upstream connection failure.
-    pub const UPSTREAM_CONNECTION_FAILURE: &str = "UF";
-    /// No healthy upstream host.
-    pub const NO_HEALTHY_UPSTREAM: &str = "UH";
-    /// Upstream request timeout.
-    pub const UPSTREAM_REQUEST_TIMEOUT: &str = "UT";
-    /// Upstream connection terminated.
-    pub const UPSTREAM_CONNECTION_TERMINATION: &str = "UC";
-    /// Upstream overflow (circuit breaking).
-    pub const UPSTREAM_OVERFLOW: &str = "UO";
-    /// Upstream retry limit exceeded.
-    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
-    /// No route configured.
-    pub const NO_ROUTE_FOUND: &str = "NR";
-    /// No cluster for the route (or the cluster is unknown).
-    pub const NO_CLUSTER_FOUND: &str = "NC";
-    /// Downstream connection termination.
-    pub const DOWNSTREAM_CONNECTION_TERMINATION: &str = "DC";
-    /// Stream idle timeout.
-    pub const STREAM_IDLE_TIMEOUT: &str = "SI";
-    /// Request delayed by fault injection.
-    pub const DELAY_INJECTED: &str = "DI";
-    /// Request aborted by fault injection.
-    pub const FAULT_INJECTED: &str = "FI";
-    /// Rate limited locally.
-    pub const RATE_LIMITED: &str = "RL";
-    /// Denied by an authorization policy (RBAC).
-    pub const UNAUTHORIZED: &str = "UAEX";
+    /// Upstream connection failure (Envoy `UF`).
+    pub const UPSTREAM_CONNECTION_FAILURE: &str = "connect_failure";
+    /// No healthy upstream host (Envoy `UH`).
+    pub const NO_HEALTHY_UPSTREAM: &str = "no_healthy_upstream";
+    /// Upstream request timeout (Envoy `UT`).
+    pub const UPSTREAM_REQUEST_TIMEOUT: &str = "timeout";
+    /// Upstream connection terminated (Envoy `UC`).
+    pub const UPSTREAM_CONNECTION_TERMINATION: &str = "upstream_reset";
+    /// Upstream overflow, circuit breaking (Envoy `UO`).
+    pub const UPSTREAM_OVERFLOW: &str = "overflow";
+    /// Upstream retry limit exceeded (Envoy `URX`).
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "retry_limit";
+    /// No route configured (Envoy `NR`).
+    pub const NO_ROUTE_FOUND: &str = "no_route";
+    /// No cluster for the route, or the cluster is unknown (Envoy `NC`).
+    pub const NO_CLUSTER_FOUND: &str = "no_cluster";
+    /// Downstream connection termination (Envoy `DC`).
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: &str = "downstream_reset";
+    /// Stream idle timeout (Envoy `SI`).
+    pub const STREAM_IDLE_TIMEOUT: &str = "idle_timeout";
+    /// Request delayed by fault injection (Envoy `DI`).
+    pub const DELAY_INJECTED: &str = "delay_injected";
+    /// Request aborted by fault injection (Envoy `FI`).
+    pub const FAULT_INJECTED: &str = "fault_abort";
+    /// Rate limited locally (Envoy `RL`).
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// Denied by an authorization policy (Envoy `UAEX` / RBAC).
+    pub const UNAUTHORIZED: &str = "rbac_denied";
+    /// The proxy is draining or not configured yet.
+    pub const NOT_READY: &str = "not_ready";
 }
 
 /// Writes a `&'static str` label value (the enums below).

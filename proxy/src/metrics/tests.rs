@@ -182,7 +182,7 @@ fn requests_total_counts_each_request_with_istio_labels() {
     let (_, failed) = sample(
         &text,
         "istio_requests_total",
-        &[("response_code", "503"), ("response_flags", "UF")],
+        &[("response_code", "503"), ("response_flags", "connect_failure")],
     );
     assert_eq!(failed, 1.0);
     assert_eq!(samples(&text, "istio_requests_total").len(), 2, "{text}");
@@ -291,7 +291,7 @@ fn tcp_counters_count_bytes_and_connections() {
         .1
     };
     assert_eq!(closed("-"), 2.0);
-    assert_eq!(closed("UF"), 1.0);
+    assert_eq!(closed("connect_failure"), 1.0);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::endpoint::Endpoints;
 use super::{ser_duration, ser_opt_duration};
 
 /// An upstream cluster.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Cluster {
     /// The cluster name (`outbound|9080|v1|reviews.default.svc.cluster.local`).
     pub name: String,
@@ -37,7 +37,7 @@ pub struct Cluster {
 }
 
 /// How a cluster's endpoints are found.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Discovery {
     /// EDS, under `service_name`.

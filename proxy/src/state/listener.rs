@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::route::RouteTable;
 
 /// A listener pilot configured.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Listener {
     /// The listener name (`0.0.0.0_9080`, `virtualInbound`, ...).
     pub name: String,
@@ -53,7 +53,7 @@ pub struct Inspectors {
 }
 
 /// One filter chain: a match and a terminal action.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FilterChain {
     /// The chain name.
     pub name: String,
@@ -102,7 +102,7 @@ pub enum Source {
 }
 
 /// The terminal action of a chain.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChainAction {
     /// HTTP connection manager.
@@ -117,7 +117,7 @@ pub enum ChainAction {
 }
 
 /// An HTTP connection manager.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct HttpManager {
     /// The stats prefix.
     pub stat_prefix: String,
@@ -128,7 +128,7 @@ pub struct HttpManager {
 }
 
 /// An HTTP manager's route table: by RDS name or inline.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteSource {
     /// A route configuration delivered by RDS under this name.

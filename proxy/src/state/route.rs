@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::ser_opt_duration;
 
 /// One route configuration (RDS resource or inline table).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RouteTable {
     /// The route configuration name (`9080`, `inbound|9080||`, ...).
     pub name: String,
@@ -17,7 +17,7 @@ pub struct RouteTable {
 }
 
 /// A virtual host: the domains it serves and its routes.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct VirtualHost {
     /// The virtual host name.
     pub name: String,
@@ -97,7 +97,7 @@ impl RouteTable {
 }
 
 /// One route.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Route {
     /// The route name (Istio's HTTP route name).
     pub name: String,
@@ -117,7 +117,7 @@ pub struct Route {
 }
 
 /// A compiled route match.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RouteMatch {
     /// The path condition.
     pub path: PathMatch,
@@ -130,7 +130,7 @@ pub struct RouteMatch {
 }
 
 /// A path condition.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathMatch {
     /// Starts with.
@@ -143,8 +143,41 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
+/// The most memory a compiled regex may take, in bytes. Like the
+/// `max_program_size` guard Envoy puts on RE2, it stops a pathological
+/// pattern from the control plane (`(?:a|b){100000}`) from bloating the proxy:
+/// such a regex is rejected and its resource NACKed instead.
+pub const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+
+/// Why a regex from the control plane was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegexError {
+    /// Not valid syntax (the regex crate's message, which points at the spot).
+    #[error("{0}")]
+    Syntax(String),
+    /// Valid, but compiles to more than [`REGEX_SIZE_LIMIT`].
+    #[error(
+        r"regex program is too large: it compiles to more than {limit} bytes; use fewer or smaller counted repetitions, and ASCII classes ([0-9], [a-zA-Z0-9_]) rather than Unicode ones (\d, \w), which compile to far more"
+    )]
+    TooLarge {
+        /// The limit it exceeds, in bytes.
+        limit: usize,
+    },
+}
+
+/// Compiles `pattern` as given (unanchored), within [`REGEX_SIZE_LIMIT`].
+pub fn compile(pattern: &str) -> Result<regex::Regex, RegexError> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => RegexError::TooLarge { limit },
+            other => RegexError::Syntax(other.to_string()),
+        })
+}
+
 /// A compiled regular expression (anchored: it must match the whole input,
-/// as Envoy's `safe_regex` does).
+/// as Envoy's `safe_regex` does). Equal when the patterns are.
 #[derive(Clone, Debug)]
 pub struct Regex {
     /// The pattern as configured.
@@ -153,6 +186,14 @@ pub struct Regex {
     pub compiled: regex::Regex,
 }
 
+impl PartialEq for Regex {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for Regex {}
+
 impl serde::Serialize for Regex {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.pattern)
@@ -160,11 +201,14 @@ impl serde::Serialize for Regex {
 }
 
 impl Regex {
-    /// Compiles `pattern` anchored at both ends.
-    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
+    /// Compiles `pattern` anchored at both ends, within [`REGEX_SIZE_LIMIT`].
+    pub fn new(pattern: &str) -> Result<Self, RegexError> {
+        // Alone first: `a)|(b` is unbalanced by itself yet balanced inside
+        // the anchoring group, where it would silently lose its anchors.
+        compile(pattern)?;
         Ok(Self {
             pattern: pattern.to_string(),
-            compiled: regex::Regex::new(&format!("^(?:{pattern})$"))?,
+            compiled: compile(&format!("^(?:{pattern})$"))?,
         })
     }
 
@@ -175,7 +219,7 @@ impl Regex {
 }
 
 /// A string condition.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StringMatch {
     /// Equals.
@@ -191,7 +235,7 @@ pub enum StringMatch {
 }
 
 /// A string matcher with its case handling.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StringMatcher {
     /// The condition.
     #[serde(flatten)]
@@ -201,7 +245,7 @@ pub struct StringMatcher {
 }
 
 /// A header condition.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct HeaderMatcher {
     /// The header name, lower case.
     pub name: String,
@@ -212,7 +256,7 @@ pub struct HeaderMatcher {
 }
 
 /// What a header must satisfy.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeaderCondition {
     /// Present (true) or absent (false).
@@ -229,7 +273,7 @@ pub enum HeaderCondition {
 }
 
 /// A query parameter condition.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct QueryMatcher {
     /// The parameter name.
     pub name: String,
@@ -238,7 +282,7 @@ pub struct QueryMatcher {
 }
 
 /// What a route does.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Forward upstream.
@@ -255,7 +299,7 @@ pub enum Action {
 }
 
 /// Forwarding to one or more weighted clusters.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Forward {
     /// The target clusters; one entry with weight 1 for a single cluster.
     pub clusters: Vec<WeightedCluster>,
@@ -282,7 +326,7 @@ pub struct Forward {
 }
 
 /// One target of a weighted forward.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct WeightedCluster {
     /// The cluster name.
     pub name: String,
@@ -294,7 +338,7 @@ pub struct WeightedCluster {
     pub response_headers: HeaderMutation,
 }
 
-/// A regex path rewrite.
+/// A regex path rewrite. Equal when pattern and substitution are.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RegexRewrite {
     /// What to find (unanchored).
@@ -304,6 +348,25 @@ pub struct RegexRewrite {
     pub compiled: regex::Regex,
     /// The replacement (`\1` style groups).
     pub substitution: String,
+}
+
+impl PartialEq for RegexRewrite {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern && self.substitution == other.substitution
+    }
+}
+
+impl Eq for RegexRewrite {}
+
+impl RegexRewrite {
+    /// Compiles `pattern` (unanchored), within [`REGEX_SIZE_LIMIT`].
+    pub fn new(pattern: &str, substitution: &str) -> Result<Self, RegexError> {
+        Ok(Self {
+            pattern: pattern.to_string(),
+            compiled: compile(pattern)?,
+            substitution: substitution.to_string(),
+        })
+    }
 }
 
 /// How to rewrite the `Host` header.
@@ -555,7 +618,7 @@ pub enum AbortStatus {
 }
 
 /// Per-route CORS.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Cors {
     /// Allowed origins.
     pub allow_origins: Vec<StringMatcher>,

@@ -5,6 +5,11 @@
 //! cannot be honoured is rejected alone (its previous version, if any, keeps
 //! serving) while the others apply. The caller swaps the result in and ACKs,
 //! or NACKs with the joined messages when anything was rejected.
+//!
+//! A resource that converts to what the state already holds under its name
+//! keeps its previous `Arc`: state-of-the-world responses resend everything,
+//! and the data path keys per-resource caches (balancers, connection pools)
+//! on `Arc::ptr_eq`, so only what actually changed gets a new `Arc`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -41,7 +46,8 @@ trait Handler {
     /// SotW: resources absent from a response are removed (LDS, CDS).
     const REPLACE_ALL: bool;
     type Proto: Message + Name + Default;
-    type Item;
+    /// Compared with the previous version to keep its `Arc` when unchanged.
+    type Item: PartialEq;
     fn name(p: &Self::Proto) -> &str;
     fn convert(p: &Self::Proto) -> convert::Result<Option<Self::Item>>;
     fn map(s: &mut ProxyState) -> &mut BTreeMap<String, Arc<Self::Item>>;
@@ -203,7 +209,11 @@ fn apply_typed<H: Handler>(
         }
         match H::convert(&proto) {
             Ok(Some(item)) => {
-                next.insert(name, Arc::new(item));
+                let item = match previous.get(&name) {
+                    Some(prev) if **prev == item => Arc::clone(prev),
+                    _ => Arc::new(item),
+                };
+                next.insert(name, item);
                 accepted += 1;
             }
             Ok(None) => accepted += 1,

@@ -35,7 +35,7 @@ pub fn route_table(rc: &pb::RouteConfiguration) -> Result<RouteTable> {
         .virtual_hosts
         .iter()
         .enumerate()
-        .map(|(i, vh)| virtual_host(vh).at(format!("virtual_hosts[{i}]")))
+        .map(|(i, vh)| virtual_host(vh).at(element("virtual_hosts", i, &vh.name)))
         .collect::<Result<Vec<_>>>()?;
     if rc.vhds.is_some() {
         return Err(FieldError::new("vhds", "VHDS is not supported"));
@@ -44,6 +44,16 @@ pub fn route_table(rc: &pb::RouteConfiguration) -> Result<RouteTable> {
         name: rc.name.clone(),
         virtual_hosts,
     })
+}
+
+/// The path of a list element: its index and, when it has one, its name, so a
+/// message points at what the operator wrote (`routes[1 "canary"]`).
+fn element(field: &str, i: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("{field}[{i}]")
+    } else {
+        format!("{field}[{i} {name:?}]")
+    }
 }
 
 fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost> {
@@ -57,7 +67,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost> {
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| convert_route(r).at(format!("routes[{i}]")))
+        .map(|(i, r)| convert_route(r).at(element("routes", i, &r.name)))
         .collect::<Result<Vec<_>>>()?;
     Ok(VirtualHost {
         name: vh.name.clone(),
@@ -294,17 +304,12 @@ fn forward(a: &pb::RouteAction) -> Result<Forward> {
                 .as_ref()
                 .map(|p| p.regex.clone())
                 .unwrap_or_default();
-            let compiled = regex::Regex::new(&pattern).map_err(|e| {
+            Some(RegexRewrite::new(&pattern, &rr.substitution).map_err(|e| {
                 FieldError::new(
                     "regex_rewrite.pattern",
                     format!("regex {pattern:?} does not compile: {e}"),
                 )
-            })?;
-            Some(RegexRewrite {
-                pattern,
-                compiled,
-                substitution: rr.substitution.clone(),
-            })
+            })?)
         }
     };
     let host_rewrite = match &a.host_rewrite_specifier {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use keel_pilot::model::store::ConfigStore;
 use keel_pilot::xds::generator::KeelGenerator;
@@ -62,17 +63,25 @@ fn response(type_url: &str, version: &str, resources: Vec<Any>) -> DiscoveryResp
 
 /// Applies CDS, LDS, then EDS and RDS for what they reference, as the client does.
 fn load(case: &str) -> ProxyState {
+    push_all(ProxyState::default(), case, "1")
+}
+
+/// Pushes every type of `case` onto `state` under `version`, in the client's order.
+fn push_all(mut state: ProxyState, case: &str, version: &str) -> ProxyState {
     let none = BTreeSet::new();
-    let mut state = ProxyState::default();
     for t in [CLUSTER, LISTENER] {
-        let a = apply(&state, &response(t, "1", generate(case, t, None)), &none);
+        let a = apply(
+            &state,
+            &response(t, version, generate(case, t, None)),
+            &none,
+        );
         assert!(a.errors.is_empty(), "{case} {t}: {:?}", a.errors);
         state = a.state;
     }
     let eds = state.referenced_endpoints();
     let a = apply(
         &state,
-        &response(ENDPOINT, "1", generate(case, ENDPOINT, Some(&eds))),
+        &response(ENDPOINT, version, generate(case, ENDPOINT, Some(&eds))),
         &eds,
     );
     assert!(a.errors.is_empty(), "{case} eds: {:?}", a.errors);
@@ -80,7 +89,7 @@ fn load(case: &str) -> ProxyState {
     let rds = state.referenced_routes();
     let a = apply(
         &state,
-        &response(ROUTE, "1", generate(case, ROUTE, Some(&rds))),
+        &response(ROUTE, version, generate(case, ROUTE, Some(&rds))),
         &rds,
     );
     assert!(a.errors.is_empty(), "{case} rds: {:?}", a.errors);
@@ -261,14 +270,13 @@ fn route_config(name: &str, route: pbr::Route) -> Any {
     })
 }
 
-#[test]
-fn bad_regex_and_zero_weight_are_rejected_alone() {
-    let state = load("sidecar-canary");
-    let bad_regex = pbr::Route {
+fn safe_regex_route(name: &str, pattern: &str) -> pbr::Route {
+    pbr::Route {
+        name: name.into(),
         r#match: Some(pbr::RouteMatch {
             path_specifier: Some(pbr::route_match::PathSpecifier::SafeRegex(
                 keel_proto::envoy::r#type::matcher::v3::RegexMatcher {
-                    regex: "/api/(".into(),
+                    regex: pattern.into(),
                     ..Default::default()
                 },
             )),
@@ -279,7 +287,13 @@ fn bad_regex_and_zero_weight_are_rejected_alone() {
             ..Default::default()
         })),
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn bad_regex_and_zero_weight_are_rejected_alone() {
+    let state = load("sidecar-canary");
+    let bad_regex = safe_regex_route("", "/api/(");
     let zero = pbr::Route {
         r#match: Some(pbr::RouteMatch {
             path_specifier: Some(pbr::route_match::PathSpecifier::Prefix("/".into())),
@@ -309,7 +323,7 @@ fn bad_regex_and_zero_weight_are_rejected_alone() {
     assert_eq!(a.errors.len(), 1);
     assert!(
         a.errors[0].starts_with(
-            "route 9080: virtual_hosts[0].routes[0].match.safe_regex: regex \"/api/(\" does not compile"
+            "route 9080: virtual_hosts[0 \"vh\"].routes[0].match.safe_regex: regex \"/api/(\" does not compile"
         ),
         "{}",
         a.errors[0]
@@ -327,9 +341,106 @@ fn bad_regex_and_zero_weight_are_rejected_alone() {
     assert_eq!(
         a.errors,
         [
-            "route 9080: virtual_hosts[0].routes[0].route.weighted_clusters: total weight is 0: at least one cluster needs a positive weight"
+            "route 9080: virtual_hosts[0 \"vh\"].routes[0].route.weighted_clusters: total weight is 0: at least one cluster needs a positive weight"
         ]
     );
+}
+
+#[test]
+fn oversized_regex_is_rejected_naming_its_route() {
+    // Valid, and within the regex crate's default 10 MiB (so only the
+    // proxy's 1 MiB program limit refuses it): about 1.4 MiB compiled.
+    let pattern = "(?:a|b|c|d|e|f|g|h){20000}";
+    assert!(regex::Regex::new(&format!("^(?:{pattern})$")).is_ok());
+    let names: BTreeSet<String> = ["big".to_string()].into();
+    let a = apply(
+        &ProxyState::default(),
+        &response(
+            ROUTE,
+            "1",
+            vec![route_config("big", safe_regex_route("huge", pattern))],
+        ),
+        &names,
+    );
+    assert_eq!(
+        a.errors,
+        [format!(
+            "route big: virtual_hosts[0 \"vh\"].routes[0 \"huge\"].match.safe_regex: \
+             regex \"{pattern}\" does not compile: regex program is too large: it compiles to \
+             more than 1048576 bytes; use fewer or smaller counted repetitions, and ASCII classes \
+             ([0-9], [a-zA-Z0-9_]) rather than Unicode ones (\\d, \\w), which compile to far more"
+        )]
+    );
+    assert!(a.state.routes.is_empty());
+    assert_eq!(
+        a.state.xds["rds"]
+            .last_nack
+            .as_ref()
+            .map(|n| n.message.as_str()),
+        Some(a.errors[0].as_str())
+    );
+}
+
+/// Whether two maps hold the same names, each with the very same `Arc`.
+fn same_arcs<T>(
+    a: &std::collections::BTreeMap<String, Arc<T>>,
+    b: &std::collections::BTreeMap<String, Arc<T>>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((na, ra), (nb, rb))| na == nb && Arc::ptr_eq(ra, rb))
+}
+
+#[test]
+fn unchanged_resources_keep_their_arc_across_pushes() {
+    let first = load("sidecar-canary");
+    assert!(!first.listeners.is_empty() && !first.routes.is_empty());
+    assert!(!first.clusters.is_empty() && !first.endpoints.is_empty());
+
+    // Pilot resends everything (state of the world): nothing is new.
+    let second = push_all(first.clone(), "sidecar-canary", "2");
+    assert_eq!(second.xds["rds"].version, "2");
+    assert!(same_arcs(&first.listeners, &second.listeners));
+    assert!(same_arcs(&first.routes, &second.routes));
+    assert!(same_arcs(&first.clusters, &second.clusters));
+    assert!(same_arcs(&first.endpoints, &second.endpoints));
+
+    // One cluster changes: it alone gets a new Arc.
+    use keel_proto::envoy::config::cluster::v3::Cluster as PbCluster;
+    let mut clusters = generate("sidecar-canary", CLUSTER, None);
+    let mut changed = keel_proto::any::unpack::<PbCluster>(&clusters[0]).expect("cluster");
+    changed.connect_timeout = Some(keel_proto::google::protobuf::Duration {
+        seconds: 42,
+        nanos: 0,
+    });
+    clusters[0] = pack(&changed);
+    let a = apply(&second, &response(CLUSTER, "3", clusters), &BTreeSet::new());
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(a.state.clusters.len(), second.clusters.len());
+    for (name, cluster) in &a.state.clusters {
+        let kept = Arc::ptr_eq(cluster, &second.clusters[name]);
+        assert_eq!(kept, *name != changed.name, "{name}");
+    }
+    assert_eq!(
+        a.state.clusters[&changed.name].connect_timeout.as_secs(),
+        42
+    );
+
+    // One route table changes (RDS keeps what a response omits): the same.
+    let rds = second.referenced_routes();
+    let mut tables = generate("sidecar-canary", ROUTE, Some(&rds));
+    let mut table = keel_proto::any::unpack::<pbr::RouteConfiguration>(&tables[0]).expect("rc");
+    table.virtual_hosts[0]
+        .domains
+        .push("changed.example.com".into());
+    tables[0] = pack(&table);
+    let a = apply(&second, &response(ROUTE, "3", tables), &rds);
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    for (name, rt) in &a.state.routes {
+        let kept = Arc::ptr_eq(rt, &second.routes[name]);
+        assert_eq!(kept, *name != table.name, "{name}");
+    }
 }
 
 #[test]
