@@ -9,12 +9,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -71,6 +73,27 @@ pub fn ready_router(state: SharedState) -> Router {
     Router::new()
         .route("/healthz/ready", get(ready))
         .with_state(state)
+}
+
+/// The Prometheus routes (`/stats/prometheus`, and `/metrics` for
+/// scrapers configured the generic way).
+pub fn stats_router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/stats/prometheus", get(stats))
+        .route("/metrics", get(stats))
+        .with_state(registry)
+}
+
+async fn stats(State(registry): State<Arc<Registry>>) -> Response {
+    match crate::metrics::encode(&registry) {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n"))
+            .into_response(),
+    }
 }
 
 /// Binds `addr` (flag name `what` for messages).

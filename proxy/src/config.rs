@@ -88,18 +88,60 @@ pub struct Config {
     /// Sidecar or gateway.
     #[arg(long, value_enum, default_value = "sidecar")]
     pub mode: Mode,
+    /// The outbound listener: captured outbound traffic, explicit HTTP
+    /// proxying (`HTTP_PROXY`, `CONNECT`) and `Host`-addressed requests
+    /// (sidecar mode).
+    #[arg(long, env = "KEEL_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: SocketAddr,
+    /// The inbound listener: captured inbound traffic (sidecar mode).
+    #[arg(long, env = "KEEL_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
     /// The localhost admin server (`/config_dump`, `/logging`, `/quitquitquit`).
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, env = "KEEL_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// The Prometheus endpoint (`/stats/prometheus`).
+    #[arg(long, env = "KEEL_STATS_ADDR", default_value = "0.0.0.0:15090")]
+    pub stats_addr: SocketAddr,
     /// The readiness server (`/healthz/ready`).
-    #[arg(long, default_value = "0.0.0.0:15021")]
+    #[arg(long, env = "KEEL_READY_ADDR", default_value = "0.0.0.0:15021")]
     pub ready_addr: SocketAddr,
+    /// How long SIGTERM waits for in-flight requests and connections
+    /// (Istio's `terminationDrainDuration`), e.g. `5s`, `500ms`.
+    #[arg(long, env = "TERMINATION_DRAIN_DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// How long protocol detection waits for a client that sends nothing
+    /// (server-speaks-first protocols) before treating it as TCP.
+    #[arg(long, env = "KEEL_DETECT_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub detect_timeout: std::time::Duration,
+    /// Write a JSON access log line per request to this file (`-` for
+    /// standard output); off when unset.
+    #[arg(long, env = "KEEL_ACCESS_LOG")]
+    pub access_log: Option<std::path::PathBuf>,
     /// The cluster DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
     /// Log format.
     #[arg(long, value_enum, default_value = "plain")]
     pub log_format: LogFormat,
+}
+
+/// Parses `5s`, `250ms`, `1m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write e.g. 5s, 250ms or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s or m")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Labels Istio uses for the canonical workload name, in order of preference.
@@ -281,6 +323,17 @@ mod tests {
         assert!(c.node_id().starts_with("router~~gw-1.default~"));
         let labels = c.parsed_labels().expect("labels");
         assert_eq!(workload_name(&labels, "gw-1"), "ingress");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5h").is_err_and(|e| e.contains("unknown unit")));
+        assert!(parse_duration("fast").is_err());
     }
 
     #[test]

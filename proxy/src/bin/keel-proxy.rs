@@ -1,14 +1,24 @@
-//! The keel-proxy binary: parses the configuration, sets up logging, starts
-//! the ADS client and the admin and readiness servers, and exits gracefully
-//! on SIGTERM, Ctrl-C or `POST /quitquitquit`.
+//! The keel-proxy binary: parses the configuration, sets up logging, binds
+//! the data-path, admin, stats and readiness ports, starts the ADS client,
+//! and drains gracefully on SIGTERM, Ctrl-C or `POST /quitquitquit`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use keel_proxy::admin::{self, AdminState};
-use keel_proxy::config::Config;
-use keel_proxy::state;
+use keel_proxy::config::{Config, Mode};
+use keel_proxy::http::Role;
+use keel_proxy::http::access_log::AccessLog;
+use keel_proxy::listen::{self, DataPath};
+use keel_proxy::metrics::Metrics;
+use keel_proxy::metrics::labels::Workload;
+use keel_proxy::upstream::Plane;
 use keel_proxy::xds::XdsClient;
+use keel_proxy::{drain, state};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -37,6 +47,19 @@ enum MainError {
     Config(#[from] keel_proxy::config::ConfigError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error("--access-log {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), MainError> {
+    let l = admin::bind(what, addr).await?;
+    let local = l
+        .local_addr()
+        .map_err(|source| admin::AdminError::Bind { what, addr, source })?;
+    Ok((l, local))
 }
 
 async fn run(
@@ -44,35 +67,53 @@ async fn run(
     log_level: Option<keel_proxy::logging::LogLevel>,
 ) -> Result<(), MainError> {
     let node = config.node()?;
+    let own = Workload::local(&config)?;
     let shared = state::shared();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-
-    let admin_listener = admin::bind("admin-addr", config.admin_addr).await?;
-    let ready_listener = admin::bind("ready-addr", config.ready_addr).await?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| admin::AdminError::Bind {
-            what: "admin-addr",
-            addr: config.admin_addr,
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let registry = Arc::new(registry);
+    let access_log = match &config.access_log {
+        Some(p) => Some(AccessLog::start(p.clone()).map_err(|source| MainError::AccessLog {
+            path: p.display().to_string(),
             source,
-        })?;
-    let ready_addr = ready_listener
-        .local_addr()
-        .map_err(|source| admin::AdminError::Bind {
-            what: "ready-addr",
-            addr: config.ready_addr,
-            source,
-        })?;
+        })?),
+        None => None,
+    };
+    let plane = Arc::new(Plane::new(shared.clone(), metrics, own));
+    let dp = DataPath {
+        plane,
+        access_log,
+        detect_timeout: config.detect_timeout,
+    };
 
-    let admin_router = admin::admin_router(AdminState {
-        state: shared.clone(),
-        log_level,
-        shutdown: shutdown_tx.clone(),
-    });
+    let (admin_listener, admin_addr) = bind("admin-addr", config.admin_addr).await?;
+    let (ready_listener, ready_addr) = bind("ready-addr", config.ready_addr).await?;
+    let (stats_listener, stats_addr) = bind("stats-addr", config.stats_addr).await?;
+    let (drain, watch) = drain::channel();
+    let mut ports = format!("admin={admin_addr} ready={ready_addr} stats={stats_addr}");
+    match config.mode {
+        Mode::Sidecar => {
+            let (out, out_addr) = bind("outbound-addr", config.outbound_addr).await?;
+            let (inb, in_addr) = bind("inbound-addr", config.inbound_addr).await?;
+            ports.push_str(&format!(" outbound={out_addr} inbound={in_addr}"));
+            tokio::spawn(listen::serve(dp.clone(), out, Role::Outbound, watch.clone()));
+            tokio::spawn(listen::serve(dp.clone(), inb, Role::Inbound, watch.clone()));
+        }
+        Mode::Router => {
+            tokio::spawn(listen::gateways(dp.clone(), watch.clone()));
+        }
+    }
+    drop(watch);
+
     let admin_task = tokio::spawn(admin::serve(
         "admin-addr",
         admin_listener,
-        admin_router,
+        admin::admin_router(AdminState {
+            state: shared.clone(),
+            log_level,
+            shutdown: shutdown_tx.clone(),
+        }),
         shutdown_rx.clone(),
     ));
     let ready_task = tokio::spawn(admin::serve(
@@ -81,20 +122,37 @@ async fn run(
         admin::ready_router(shared.clone()),
         shutdown_rx.clone(),
     ));
+    let stats_task = tokio::spawn(admin::serve(
+        "stats-addr",
+        stats_listener,
+        admin::stats_router(registry),
+        shutdown_rx.clone(),
+    ));
     tracing::info!(node = %node.id, xds = %config.xds_address, "starting keel-proxy");
     let xds_task = tokio::spawn(
         XdsClient::new(node, &config.xds_address, shared.clone()).run(shutdown_rx.clone()),
     );
-    println!("keel-proxy ready: admin={admin_addr} ready={ready_addr}");
+    println!("keel-proxy ready: {ports}");
 
     let mut quit = shutdown_rx.clone();
     tokio::select! {
         _ = quit.wait_for(|s| *s) => {}
-        _ = keel_common::shutdown_signal() => tracing::info!("shutting down"),
+        _ = keel_common::shutdown_signal() => {}
+    }
+    let active = drain.active();
+    tracing::info!(
+        connections = active,
+        deadline = ?config.drain_timeout,
+        "draining: no new connections, finishing in-flight work"
+    );
+    if drain.drain(config.drain_timeout).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!(deadline = ?config.drain_timeout, "drain deadline passed; closing what is left");
     }
     shutdown_tx.send_replace(true);
     let _ = xds_task.await;
-    for task in [admin_task, ready_task] {
+    for task in [admin_task, ready_task, stats_task] {
         if let Ok(Err(e)) = task.await {
             return Err(e.into());
         }

@@ -1,0 +1,165 @@
+//! HTTP forwarding: serves one downstream connection (HTTP/1.1 or h2c, as
+//! detection found), routes each request by the route table its listener
+//! chain names (or, for explicit-proxy and Host-addressed requests, the
+//! listener of the authority's port), and forwards it to an endpoint of the
+//! chosen cluster over a pooled HTTP/1.1 or HTTP/2 connection, streaming
+//! both bodies. Upgrades (WebSocket) and `CONNECT` tunnels are spliced
+//! byte for byte.
+//!
+//! Every response the proxy produces itself carries `x-keel-error: CODE`,
+//! the code also being the request's `response_flags` and logged.
+
+pub mod access_log;
+pub mod body;
+mod error;
+mod forward;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+pub use error::ErrorCode;
+
+use crate::drain;
+use crate::state::listener::RouteSource;
+use crate::upstream::Plane;
+use access_log::AccessLog;
+
+/// Errors inside bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every body the data path sends or forwards.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Which side of the workload a connection is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leaving the workload (the outbound capture / explicit-proxy port).
+    Outbound,
+    /// Entering the workload (the inbound capture port).
+    Inbound,
+    /// A gateway listener, by name.
+    Gateway(String),
+}
+
+/// What every request of one downstream connection shares.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// The data plane.
+    pub plane: Arc<Plane>,
+    /// The access log, when on.
+    pub access_log: Option<AccessLog>,
+    /// Which listener accepted it.
+    pub role: Role,
+    /// The client.
+    pub peer: SocketAddr,
+    /// The address the client reached (the listener's).
+    pub local: SocketAddr,
+    /// The original destination of a redirected connection.
+    pub orig_dst: Option<SocketAddr>,
+    /// The route source of the chain chosen at accept time; `None` routes
+    /// each request by its authority's port.
+    pub routes: Option<RouteSource>,
+    /// The downstream spoke HTTP/2.
+    pub h2: bool,
+}
+
+/// Serves HTTP on `stream` until the client closes it or `drain` fires
+/// (then in-flight requests finish and the connection closes gracefully).
+pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch) {
+    let h2 = ctx.h2;
+    let peer = ctx.peer;
+    let io = TokioIo::new(stream);
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let ctx = Arc::clone(&ctx);
+        async move { Ok::<_, Infallible>(forward::handle(ctx, req).await) }
+    });
+    let result = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(60)))
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// The gRPC status in `headers` (`grpc-status`), if any.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The port of `authority` (`host:port`, `[v6]:port`), else `default`.
+pub fn authority_port(authority: &str, default: u16) -> u16 {
+    let after_host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => authority,
+    };
+    after_host
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body of `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Returns a shared response so tests can build requests the same way.
+pub fn response(status: http::StatusCode, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r
+}

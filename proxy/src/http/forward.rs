@@ -1,0 +1,647 @@
+//! One request: find its route table and route, then answer directly,
+//! redirect, or forward to an endpoint of the chosen cluster.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::access_log::{Entry, rfc3339};
+use super::body::{Completion, Counted, Observed};
+use super::error::{self, ErrorCode};
+use super::{Body, ConnCtx, Role, full, is_grpc};
+use crate::balance::{InFlight, PickRequest};
+use crate::listen::chain;
+use crate::metrics::labels::{RequestOutcome, flags};
+use crate::router::{self, RequestInfo};
+use crate::state::cluster::{Discovery, LbPolicy, UpstreamProtocol};
+use crate::state::listener::{ChainAction, HttpManager, RouteSource};
+use crate::state::route::{Action, Forward, Route, RouteTable, VirtualHost};
+use crate::tcp;
+use crate::upstream::{Host, Snapshot, Upstream, is_self};
+
+/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+];
+
+/// What the handler carries from the request to its completion record.
+struct Ctx<'a> {
+    conn: &'a ConnCtx,
+    start: Instant,
+    grpc: bool,
+    request_bytes: Arc<AtomicU64>,
+    log: Option<Entry>,
+    /// Counts the request as active on its endpoint (least request).
+    inflight: Option<InFlight>,
+}
+
+pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let header_bytes = header_size(req.headers()) + req.uri().path().len() as u64 + 16;
+    let mut ctx = Ctx {
+        conn: &conn,
+        start,
+        grpc,
+        request_bytes: Arc::new(AtomicU64::new(header_bytes)),
+        log: conn.access_log.as_ref().map(|_| entry(&conn, &req)),
+        inflight: None,
+    };
+    let snap = conn.plane.snapshot();
+    if req.method() == Method::CONNECT {
+        return connect_tunnel(&ctx, snap, req);
+    }
+    let authority = authority_of(&req).to_ascii_lowercase();
+    let Some(table) = route_table(&conn, &snap, &authority) else {
+        let detail = format!("no listener routes HTTP for {authority:?}");
+        return proxy_error(&mut ctx, &snap, None, ErrorCode::NoRoute, &detail);
+    };
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+    let info = RequestInfo {
+        method: req.method(),
+        scheme: &scheme,
+        authority: &authority,
+        path_and_query: &path_and_query,
+        headers: req.headers(),
+        source_ip: conn.peer.ip(),
+    };
+    let Some((vh, route)) = router::select_route(&table, &info) else {
+        let detail = format!(
+            "route table {:?} has no route for {authority:?} {path_and_query}",
+            table.name
+        );
+        return proxy_error(&mut ctx, &snap, None, ErrorCode::NoRoute, &detail);
+    };
+    if let Some(e) = ctx.log.as_mut() {
+        e.route_name = route.name.clone();
+    }
+    match &route.action {
+        Action::Direct { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let mut resp = Response::new(body.clone().map_or_else(super::empty, full));
+            *resp.status_mut() = status;
+            router::apply_headers(
+                resp.headers_mut(),
+                &[&route.response_headers, &vh.response_headers],
+            );
+            local_response(&mut ctx, &snap, resp, flags::NONE)
+        }
+        Action::Redirect(r) => {
+            let (status, location) = router::redirect(r, route, &info);
+            let mut resp = Response::new(super::empty());
+            *resp.status_mut() = status;
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            router::apply_headers(
+                resp.headers_mut(),
+                &[&route.response_headers, &vh.response_headers],
+            );
+            local_response(&mut ctx, &snap, resp, flags::NONE)
+        }
+        Action::Forward(fwd) => {
+            let hash = router::request_hash(&fwd.hash_policies, &info);
+            forward(ctx, &snap, vh, route, fwd, req, authority, hash).await
+        }
+    }
+}
+
+/// The authority a request addresses: the URI's (absolute-form, HTTP/2),
+/// else the `Host` header.
+fn authority_of(req: &Request<Incoming>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
+/// The route table for a request: the one the connection's chain names,
+/// or (explicit proxy, `Host`-addressed, unredirected inbound) the one of
+/// the listener serving the authority's port.
+fn route_table(conn: &ConnCtx, snap: &Snapshot, authority: &str) -> Option<Arc<RouteTable>> {
+    let source = match &conn.routes {
+        Some(s) => s.clone(),
+        None => {
+            let port = super::authority_port(authority, 80);
+            let listener = match &conn.role {
+                Role::Outbound => snap.by_port.get(&port)?,
+                Role::Inbound => snap.listener("virtualInbound")?,
+                Role::Gateway(name) => snap.listener(name)?,
+            };
+            let chain = chain::select(listener, Some(port), &chain::Sniffed::http(conn.h2))?;
+            match &chain.action {
+                ChainAction::Http(HttpManager { routes, .. }) => routes.clone(),
+                ChainAction::Tcp { .. } => return None,
+            }
+        }
+    };
+    match source {
+        RouteSource::Rds(name) => snap.state.routes.get(&name).cloned(),
+        RouteSource::Inline(t) => Some(t),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut ctx: Ctx<'_>,
+    snap: &Arc<Snapshot>,
+    vh: &VirtualHost,
+    route: &Route,
+    fwd: &Forward,
+    req: Request<Incoming>,
+    authority: String,
+    hash: router::HashOutcome,
+) -> Response<Body> {
+    let wc = router::pick_cluster_random(fwd);
+    let Some(upstream) = snap.upstreams.get(&wc.name) else {
+        let detail = format!("route {:?} names unknown cluster {:?}", route.name, wc.name);
+        return proxy_error(&mut ctx, snap, None, ErrorCode::NoCluster, &detail);
+    };
+    let (addr, host, inflight) = match pick(&ctx, upstream, hash.hash, &authority).await {
+        Ok(p) => p,
+        Err((code, detail)) => return proxy_error(&mut ctx, snap, Some(upstream), code, &detail),
+    };
+    ctx.inflight = inflight;
+    let pool = match &host.pool {
+        Some(p) => Arc::clone(p),
+        None => ctx.conn.plane.pools().get(addr),
+    };
+    if let Some(e) = ctx.log.as_mut() {
+        e.upstream_cluster = upstream.cluster.name.clone();
+        e.upstream_host = addr.to_string();
+    }
+    let cluster = &upstream.cluster;
+    let h2 = match cluster.protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::UseDownstream => ctx.conn.h2,
+    };
+
+    let (mut parts, body) = req.into_parts();
+    let upgrade = (!ctx.conn.h2 && parts.headers.contains_key(header::UPGRADE))
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers, upgrade.is_some());
+    router::apply_headers(
+        &mut headers,
+        &[&wc.request_headers, &route.request_headers, &vh.request_headers],
+    );
+    prepare_headers(&mut headers, ctx.conn, vh);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let path = router::rewrite_path(route, fwd, &path).unwrap_or(path);
+    let authority = router::rewrite_authority(fwd, &headers, None).unwrap_or(authority);
+    if let Some(e) = ctx.log.as_mut() {
+        e.request_id = header_str(&headers, "x-request-id");
+    }
+
+    let uri = if h2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(path.as_str())
+            .build()
+    } else {
+        Uri::builder().path_and_query(path.as_str()).build()
+    };
+    let Ok(uri) = uri else {
+        let detail = format!("cannot form an upstream URI from {authority:?} {path:?}");
+        return proxy_error(&mut ctx, snap, Some(upstream), ErrorCode::NoRoute, &detail);
+    };
+    if h2 {
+        headers.remove(header::HOST);
+    } else if let Ok(v) = HeaderValue::from_str(&authority) {
+        headers.insert(header::HOST, v);
+    }
+    let body = Counted::new(body, Arc::clone(&ctx.request_bytes))
+        .map_err(super::BoxError::from)
+        .boxed_unsync();
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    *up.headers_mut() = headers;
+
+    let sent = pool.send(up, h2, cluster.connect_timeout);
+    let result = match fwd.timeout {
+        Some(t) => match tokio::time::timeout(t, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                let detail = format!(
+                    "no response from {addr} ({}) within the route timeout {t:?}",
+                    cluster.name
+                );
+                return proxy_error(&mut ctx, snap, Some(upstream), ErrorCode::Timeout, &detail);
+            }
+        },
+        None => sent.await,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let code = if e.is_connect_failure() {
+                ErrorCode::ConnectFailure
+            } else {
+                ErrorCode::UpstreamReset
+            };
+            let detail = format!("{} ({})", e, cluster.name);
+            return proxy_error(&mut ctx, snap, Some(upstream), code, &detail);
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down) = upgrade
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        let peer = host.peer.clone();
+        let metrics = ctx.conn.plane.metrics().clone();
+        tokio::spawn(async move {
+            match (down.await, up.await) {
+                (Ok(d), Ok(u)) => {
+                    let rec = metrics.tcp(peer, flags::NONE);
+                    let _ = tcp::splice(
+                        hyper_util::rt::TokioIo::new(d),
+                        hyper_util::rt::TokioIo::new(u),
+                        &rec,
+                    )
+                    .await;
+                }
+                (d, u) => tracing::debug!(
+                    downstream_ok = d.is_ok(),
+                    upstream_ok = u.is_ok(),
+                    "upgrade did not complete"
+                ),
+            }
+        });
+    }
+
+    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), upgraded);
+    let headers = resp.headers_mut();
+    router::apply_headers(
+        headers,
+        &[&wc.response_headers, &route.response_headers, &vh.response_headers],
+    );
+    if let Some(c) = hash.set_cookie
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    finish(ctx, &host, resp, flags::NONE)
+}
+
+/// Picks the endpoint: by the balancer, or for original-destination and
+/// DNS clusters by address.
+async fn pick(
+    ctx: &Ctx<'_>,
+    upstream: &Upstream,
+    hash: Option<u64>,
+    authority: &str,
+) -> Result<(SocketAddr, Host, Option<InFlight>), (ErrorCode, String)> {
+    let cluster = &upstream.cluster;
+    match &cluster.discovery {
+        Discovery::OriginalDst => {
+            let dst = match ctx.conn.orig_dst {
+                Some(d) => d,
+                None => resolve(authority, 80).await.map_err(|e| {
+                    (
+                        ErrorCode::NoHealthyUpstream,
+                        format!("{}: cannot resolve {authority:?}: {e}", cluster.name),
+                    )
+                })?,
+            };
+            if is_self(dst, ctx.conn.local) {
+                return Err((
+                    ErrorCode::NoHealthyUpstream,
+                    format!("{}: {dst} is this listener itself", cluster.name),
+                ));
+            }
+            Ok((dst, upstream.unknown.clone(), None))
+        }
+        Discovery::StrictDns { hosts } if !hosts.is_empty() => {
+            let (h, p) = &hosts[fastrand::usize(..hosts.len())];
+            dns_pick(upstream, h, *p).await.map(|(a, h)| (a, h, None))
+        }
+        Discovery::LogicalDns { host, port } => {
+            dns_pick(upstream, host, *port).await.map(|(a, h)| (a, h, None))
+        }
+        _ => {
+            let hash = match cluster.lb {
+                LbPolicy::RingHash { .. } | LbPolicy::Maglev => {
+                    hash.or_else(|| Some(crate::balance::hash_key(ctx.conn.peer.ip().to_string().as_bytes())))
+                }
+                _ => None,
+            };
+            let picked = upstream
+                .balancer
+                .pick(&PickRequest { hash, exclude: &[] })
+                .ok_or_else(|| {
+                    (
+                        ErrorCode::NoHealthyUpstream,
+                        format!(
+                            "cluster {} has no healthy endpoint ({} known)",
+                            cluster.name,
+                            upstream.balancer.len()
+                        ),
+                    )
+                })?;
+            let addr = picked.addr;
+            let host = upstream
+                .hosts
+                .get(&addr)
+                .cloned()
+                .unwrap_or_else(|| upstream.unknown.clone());
+            // Least-request counts the request until its response ends.
+            Ok((addr, host, Some(picked.into_guard())))
+        }
+    }
+}
+
+async fn dns_pick(
+    upstream: &Upstream,
+    host: &str,
+    port: u16,
+) -> Result<(SocketAddr, Host), (ErrorCode, String)> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| {
+            (
+                ErrorCode::NoHealthyUpstream,
+                format!("{}: resolving {host}:{port}: {e}", upstream.cluster.name),
+            )
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err((
+            ErrorCode::NoHealthyUpstream,
+            format!("{}: {host}:{port} resolved to no address", upstream.cluster.name),
+        ));
+    }
+    Ok((addrs[fastrand::usize(..addrs.len())], upstream.unknown.clone()))
+}
+
+/// Resolves `authority` (`host[:port]`).
+async fn resolve(authority: &str, default_port: u16) -> std::io::Result<SocketAddr> {
+    let port = super::authority_port(authority, default_port);
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::UPGRADE)
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let is_trailers_te = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if is_trailers_te {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Envoy's standard request headers: `x-request-id`, `x-forwarded-proto`,
+/// `x-envoy-attempt-count` when the virtual host asks for it.
+fn prepare_headers(headers: &mut HeaderMap, conn: &ConnCtx, vh: &VirtualHost) {
+    if !headers.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_str(&request_id())
+    {
+        headers.insert("x-request-id", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if vh.include_attempt_count {
+        headers.insert("x-envoy-attempt-count", HeaderValue::from_static("1"));
+    }
+    if conn.role == Role::Inbound {
+        headers.remove("x-envoy-decorator-operation");
+    }
+}
+
+/// A random UUID (version 4) for `x-request-id`.
+fn request_id() -> String {
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn header_size(h: &HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum()
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn entry(conn: &ConnCtx, req: &Request<Incoming>) -> Entry {
+    Entry {
+        start_time: rfc3339(SystemTime::now()),
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.to_string()),
+        protocol: if conn.h2 { "HTTP/2" } else { "HTTP/1.1" },
+        authority: authority_of(req).to_string(),
+        request_id: header_str(req.headers(), "x-request-id"),
+        user_agent: header_str(req.headers(), "user-agent"),
+        x_forwarded_for: header_str(req.headers(), "x-forwarded-for"),
+        downstream_remote_address: conn.peer.to_string(),
+        downstream_local_address: conn.orig_dst.unwrap_or(conn.local).to_string(),
+        response_flags: flags::NONE,
+        ..Entry::default()
+    }
+}
+
+/// Answers with the proxy's own error for `code`, records and logs it.
+fn proxy_error(
+    ctx: &mut Ctx<'_>,
+    snap: &Snapshot,
+    upstream: Option<&Arc<Upstream>>,
+    code: ErrorCode,
+    detail: &str,
+) -> Response<Body> {
+    tracing::info!(
+        code = code.as_str(),
+        peer = %ctx.conn.peer,
+        "{detail}"
+    );
+    if let Some(e) = ctx.log.as_mut() {
+        e.response_code_details = detail.to_string();
+    }
+    let resp = error::respond(code, detail, ctx.grpc);
+    let host = match upstream {
+        Some(u) => u.unknown.clone(),
+        None => ctx.conn.plane.unrouted(ctx.conn.role == Role::Inbound),
+    };
+    let _ = snap;
+    finish_with(ctx, &host, resp, code.as_str())
+}
+
+/// A response the proxy built (direct response, redirect).
+fn local_response(
+    ctx: &mut Ctx<'_>,
+    _snap: &Snapshot,
+    resp: Response<Body>,
+    flags: &'static str,
+) -> Response<Body> {
+    let host = ctx.conn.plane.unrouted(ctx.conn.role == Role::Inbound);
+    finish_with(ctx, &host, resp, flags)
+}
+
+fn finish(mut ctx: Ctx<'_>, host: &Host, resp: Response<Body>, flags: &'static str) -> Response<Body> {
+    finish_with(&mut ctx, host, resp, flags)
+}
+
+fn finish_with(
+    ctx: &mut Ctx<'_>,
+    host: &Host,
+    resp: Response<Body>,
+    flags: &'static str,
+) -> Response<Body> {
+    let status = resp.status().as_u16();
+    let outcome = if ctx.grpc {
+        // Trailers may override this when the body ends.
+        RequestOutcome::grpc(status, super::grpc_status(resp.headers()).unwrap_or(2))
+    } else {
+        RequestOutcome::http(status)
+    }
+    .with_flags(flags);
+    let done = Completion {
+        recorder: host.recorder.clone(),
+        outcome,
+        start: ctx.start,
+        request_bytes: Arc::clone(&ctx.request_bytes),
+        response_header_bytes: header_size(resp.headers()) + 17,
+        log: ctx
+            .conn
+            .access_log
+            .clone()
+            .zip(ctx.log.take()),
+        inflight: ctx.inflight.take(),
+    };
+    resp.map(|b| Observed::new(b, done).boxed_unsync())
+}
+
+/// `CONNECT host:port`: answer 200, then splice the tunnel to the service
+/// behind `host:port` (its TCP chain's cluster, or the cluster its HTTP
+/// route picks), or straight to `host:port` when the mesh does not know it.
+fn connect_tunnel(ctx: &Ctx<'_>, snap: Arc<Snapshot>, mut req: Request<Incoming>) -> Response<Body> {
+    let target = req.uri().authority().map(|a| a.as_str().to_ascii_lowercase());
+    let Some(target) = target.filter(|t| t.contains(':')) else {
+        let mut ctx = Ctx {
+            conn: ctx.conn,
+            start: ctx.start,
+            grpc: false,
+            request_bytes: Arc::clone(&ctx.request_bytes),
+            log: None,
+            inflight: None,
+        };
+        return proxy_error(
+            &mut ctx,
+            &snap,
+            None,
+            ErrorCode::NoRoute,
+            "CONNECT needs a host:port target",
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let conn_plane = Arc::clone(&ctx.conn.plane);
+    let peer = ctx.conn.peer;
+    let local = ctx.conn.local;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let (cluster, dst) = tcp::connect_target(&snap, &target);
+        let dst = match dst {
+            Some(d) => Some(d),
+            None if cluster.is_none() => match resolve(&target, 443).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::info!(code = flags::NO_ROUTE_FOUND, %peer, "CONNECT {target}: cannot resolve: {e}");
+                    return;
+                }
+            },
+            None => None,
+        };
+        tcp::proxy(
+            &conn_plane,
+            &snap,
+            io,
+            peer,
+            local,
+            cluster.as_deref().unwrap_or("PassthroughCluster"),
+            dst,
+        )
+        .await;
+    });
+    Response::new(super::empty())
+}

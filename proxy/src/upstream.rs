@@ -1,0 +1,346 @@
+//! What the data path reads on every connection and request: a
+//! [`Snapshot`] derived from the proxy state, with listeners indexed for
+//! original-destination lookups and one [`Upstream`] per cluster (its
+//! balancer, the connection pools of its endpoints and the metric
+//! recorders of each).
+//!
+//! A snapshot is rebuilt when the xDS state changes, reusing every
+//! [`Upstream`] whose cluster and endpoints are the same `Arc`s as before
+//! (the xDS handlers keep the `Arc` of a resource pilot re-sent unchanged),
+//! and carrying least-request counts over when only endpoints changed.
+//! Requests already running keep the snapshot they started with.
+
+pub mod pool;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+
+use crate::balance::Balancer;
+use crate::metrics::labels::{Peer, PeerLabels, Reporter, SecurityPolicy, Workload};
+use crate::metrics::{Metrics, RequestRecorder};
+use crate::state::cluster::{Cluster, Discovery};
+use crate::state::endpoint::{Endpoint, EndpointAddress, Endpoints};
+use crate::state::{Listener, ProxyState, SharedState};
+use pool::Pool;
+
+/// One cluster, ready for the data path.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The cluster as configured.
+    pub cluster: Arc<Cluster>,
+    /// The endpoints the balancer was built from.
+    pub endpoints: Option<Arc<Endpoints>>,
+    /// Picks an endpoint.
+    pub balancer: Balancer,
+    /// Per endpoint: its pool and telemetry.
+    pub hosts: HashMap<SocketAddr, Host>,
+    /// Telemetry when no endpoint was picked (or one outside `hosts`,
+    /// such as an original destination).
+    pub unknown: Host,
+    /// Inbound (`inbound|…`) rather than outbound.
+    pub inbound: bool,
+}
+
+/// One endpoint of an [`Upstream`].
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The endpoint's connections (`None` for [`Upstream::unknown`]).
+    pub pool: Option<Arc<Pool>>,
+    /// Request metrics for this source/destination pair.
+    pub recorder: RequestRecorder,
+    /// The labels, for TCP metrics.
+    pub peer: Peer,
+}
+
+/// The listeners and upstreams of one state version.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The state this was built from.
+    pub state: Arc<ProxyState>,
+    /// Listeners by exact `ip:port` (`10.96.0.30_3306`).
+    pub by_addr: HashMap<SocketAddr, Arc<Listener>>,
+    /// Wildcard-address listeners by port (`0.0.0.0_9080`).
+    pub by_port: HashMap<u16, Arc<Listener>>,
+    /// Clusters by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+impl Snapshot {
+    /// A listener by name.
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.state.listeners.get(name)
+    }
+
+    /// The outbound listener for an original destination: the exact
+    /// address, else the wildcard listener of its port.
+    pub fn outbound_listener(&self, dst: SocketAddr) -> Option<&Arc<Listener>> {
+        self.by_addr
+            .get(&dst)
+            .or_else(|| self.by_port.get(&dst.port()))
+    }
+}
+
+/// Endpoint pools shared across clusters and snapshots, dropped when no
+/// snapshot uses their endpoint any more.
+#[derive(Debug, Default)]
+pub struct Pools {
+    map: Mutex<HashMap<SocketAddr, Weak<Pool>>>,
+}
+
+impl Pools {
+    /// The pool of `addr`, created if needed.
+    pub fn get(&self, addr: SocketAddr) -> Arc<Pool> {
+        let Ok(mut map) = self.map.lock() else {
+            return Arc::new(Pool::new(addr));
+        };
+        if let Some(p) = map.get(&addr).and_then(Weak::upgrade) {
+            return p;
+        }
+        let p = Arc::new(Pool::new(addr));
+        map.insert(addr, Arc::downgrade(&p));
+        p
+    }
+
+    fn sweep(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.retain(|_, p| p.strong_count() > 0);
+        }
+    }
+}
+
+/// Builds snapshots from the shared state and hands out the current one.
+pub struct Plane {
+    state: SharedState,
+    current: ArcSwap<Snapshot>,
+    build: Mutex<()>,
+    pools: Pools,
+    metrics: Metrics,
+    own: Workload,
+    unrouted_out: Host,
+    unrouted_in: Host,
+}
+
+impl std::fmt::Debug for Plane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plane").finish_non_exhaustive()
+    }
+}
+
+impl Plane {
+    /// A plane over `state`; `own` is this proxy's workload for telemetry.
+    pub fn new(state: SharedState, metrics: Metrics, own: Workload) -> Self {
+        let pools = Pools::default();
+        let first = build(&state.load_full(), None, &pools, &metrics, &own);
+        let unknown = Workload::unknown(&own.trust_domain);
+        let host = |labels: PeerLabels| {
+            let peer = labels.shared();
+            Host {
+                pool: None,
+                recorder: metrics.requests(peer.clone()),
+                peer,
+            }
+        };
+        let unrouted_out = host(PeerLabels::new(
+            Reporter::Source,
+            &own,
+            &unknown,
+            None,
+            SecurityPolicy::Unknown,
+        ));
+        let unrouted_in = host(PeerLabels::inbound(&own, &unknown, None, SecurityPolicy::None));
+        Self {
+            unrouted_out,
+            unrouted_in,
+            state,
+            current: ArcSwap::from_pointee(first),
+            build: Mutex::new(()),
+            pools,
+            metrics,
+            own,
+        }
+    }
+
+    /// Telemetry for requests and connections that reached no cluster.
+    pub fn unrouted(&self, inbound: bool) -> Host {
+        if inbound {
+            self.unrouted_in.clone()
+        } else {
+            self.unrouted_out.clone()
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// This proxy's workload.
+    pub fn own(&self) -> &Workload {
+        &self.own
+    }
+
+    /// The shared pool registry (original-destination connections use it).
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// Whether the first complete configuration has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.state.load().is_ready()
+    }
+
+    /// The snapshot of the current state. When the state changed since the
+    /// last build, one caller rebuilds while the others keep using the
+    /// previous snapshot rather than wait.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let snap = self.current.load_full();
+        let state = self.state.load();
+        if Arc::ptr_eq(&snap.state, &state) {
+            return snap;
+        }
+        let Ok(_building) = self.build.try_lock() else {
+            return snap;
+        };
+        // Re-read under the lock: another caller may have just built it.
+        let snap = self.current.load_full();
+        let state = self.state.load_full();
+        if Arc::ptr_eq(&snap.state, &state) {
+            return snap;
+        }
+        let next = Arc::new(build(
+            &state,
+            Some(&snap),
+            &self.pools,
+            &self.metrics,
+            &self.own,
+        ));
+        self.current.store(Arc::clone(&next));
+        self.pools.sweep();
+        next
+    }
+}
+
+fn build(
+    state: &Arc<ProxyState>,
+    previous: Option<&Snapshot>,
+    pools: &Pools,
+    metrics: &Metrics,
+    own: &Workload,
+) -> Snapshot {
+    let mut by_addr = HashMap::new();
+    let mut by_port = HashMap::new();
+    for l in state.listeners.values() {
+        if l.name.starts_with("virtual") {
+            continue;
+        }
+        if l.address.ip().is_unspecified() {
+            by_port.insert(l.address.port(), Arc::clone(l));
+        } else {
+            by_addr.insert(l.address, Arc::clone(l));
+        }
+    }
+    let mut upstreams = HashMap::with_capacity(state.clusters.len());
+    for (name, cluster) in &state.clusters {
+        let endpoints = match &cluster.discovery {
+            Discovery::Eds { service_name } => state.endpoints.get(service_name).cloned(),
+            Discovery::Static(e) => Some(Arc::clone(e)),
+            _ => None,
+        };
+        let prev = previous.and_then(|p| p.upstreams.get(name));
+        let reuse = prev.filter(|u| {
+            Arc::ptr_eq(&u.cluster, cluster)
+                && match (&u.endpoints, &endpoints) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        let upstream = match reuse {
+            Some(u) => Arc::clone(u),
+            None => Arc::new(new_upstream(
+                cluster,
+                endpoints,
+                prev.map(|u| &u.balancer),
+                pools,
+                metrics,
+                own,
+            )),
+        };
+        upstreams.insert(name.clone(), upstream);
+    }
+    Snapshot {
+        state: Arc::clone(state),
+        by_addr,
+        by_port,
+        upstreams,
+    }
+}
+
+fn new_upstream(
+    cluster: &Arc<Cluster>,
+    endpoints: Option<Arc<Endpoints>>,
+    previous: Option<&Balancer>,
+    pools: &Pools,
+    metrics: &Metrics,
+    own: &Workload,
+) -> Upstream {
+    let empty = Endpoints::default();
+    let eps = endpoints.as_deref().unwrap_or(&empty);
+    let balancer = match previous {
+        Some(b) => b.rebuild(cluster, eps),
+        None => Balancer::new(cluster, eps),
+    };
+    let inbound = cluster.name.starts_with("inbound|");
+    let labels = |endpoint: Option<&Endpoint>| -> PeerLabels {
+        if inbound {
+            let service = cluster.istio.as_ref().and_then(|m| m.services.first());
+            PeerLabels::inbound(
+                own,
+                &Workload::unknown(&own.trust_domain),
+                service,
+                SecurityPolicy::None,
+            )
+        } else {
+            PeerLabels::outbound(own, cluster, endpoint)
+        }
+    };
+    let host = |endpoint: Option<&Endpoint>, pool: Option<Arc<Pool>>| -> Host {
+        let peer = labels(endpoint).shared();
+        Host {
+            pool,
+            recorder: metrics.requests(peer.clone()),
+            peer,
+        }
+    };
+    let mut hosts = HashMap::new();
+    for loc in &eps.localities {
+        for ep in &loc.endpoints {
+            if let EndpointAddress::Socket(addr) = ep.address {
+                hosts
+                    .entry(addr)
+                    .or_insert_with(|| host(Some(ep), Some(pools.get(addr))));
+            }
+        }
+    }
+    Upstream {
+        unknown: host(None, None),
+        cluster: Arc::clone(cluster),
+        endpoints,
+        balancer,
+        hosts,
+        inbound,
+    }
+}
+
+/// Whether `ip` is one of this machine's addresses we must not connect
+/// back to through an original-destination cluster (the listener itself).
+pub fn is_self(dst: SocketAddr, local: SocketAddr) -> bool {
+    dst == local || (dst.port() == local.port() && local.ip().is_unspecified() && is_local(dst.ip()))
+}
+
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
+}
