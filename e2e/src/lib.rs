@@ -733,3 +733,180 @@ mod tests {
         assert_eq!(node_namespace("plain"), None);
     }
 }
+
+/// A running `keel-echo`, killed on drop.
+pub struct Echo {
+    /// The process.
+    pub child: ChildGuard,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Starts `keel-echo --listen LISTEN ARGS…` (e.g. `127.0.0.1:0`) and waits
+/// for its listening line. Proxy and `ECHO_*` variables of the test's own
+/// environment are removed so only `env` applies.
+pub fn spawn_echo_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Echo> {
+    let mut cmd = Command::new(bin_path("keel-e2e", "keel-echo"));
+    cmd.args(["--listen", listen]).args(args);
+    for key in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "ECHO_LISTEN",
+        "ECHO_NAME",
+        "ECHO_VERSION",
+        "ECHO_FAIL_PERCENT",
+        "ECHO_DELAY_MS",
+        "ECHO_DOWNSTREAM",
+    ] {
+        cmd.env_remove(key);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = ChildGuard::spawn("keel-echo", &mut cmd, Stdio::piped())?;
+    let lines = line_channel(child.take_stdout().context("keel-echo's stdout")?);
+    let line = lines
+        .recv_timeout(Duration::from_secs(30))
+        .context("keel-echo printed no listening line within 30s")?;
+    let addr = line
+        .strip_prefix("keel-echo listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .parse()
+        .with_context(|| format!("parsing the address in {line:?}"))?;
+    thread::spawn(move || for _ in lines {});
+    Ok(Echo { child, addr })
+}
+
+/// A running `keel-proxy`, killed on drop (use [`Proxy::terminate`] for a
+/// graceful stop).
+pub struct Proxy {
+    /// The process.
+    pub child: ChildGuard,
+    /// Every `key=ADDR` of its ready line (`admin`, `ready`, `stats`,
+    /// `outbound`, `inbound`).
+    pub addrs: std::collections::BTreeMap<String, SocketAddr>,
+}
+
+impl Proxy {
+    /// The address printed under `key`.
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        match self.addrs.get(key) {
+            Some(a) => *a,
+            None => panic!("keel-proxy printed no {key}= address: {:?}", self.addrs),
+        }
+    }
+
+    /// `GET /stats/prometheus` on the stats port.
+    pub fn stats(&self) -> Result<String> {
+        let (status, body) = http_get(self.addr("stats"), "/stats/prometheus")?;
+        if status != 200 {
+            bail!("/stats/prometheus answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// `GET /config_dump` on the admin port, parsed.
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        let (_, body) = http_get(self.addr("admin"), "/config_dump")?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits (up to `timeout`) for `/healthz/ready` to answer 200.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let ready = self.addr("ready");
+        if wait_until(timeout, || {
+            http_get(ready, "/healthz/ready").is_ok_and(|(s, _)| s == 200)
+        }) {
+            Ok(())
+        } else {
+            bail!("keel-proxy was not ready within {timeout:?}")
+        }
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Starts `keel-proxy` against pilot's `xds` with every port on
+/// `127.0.0.1:0` (sidecar mode; pass `--mode router` in `extra` for a
+/// gateway) plus `extra` arguments, and waits for its ready line (not for
+/// configuration: see [`Proxy::wait_ready`]). Its stderr goes to the test's.
+pub fn spawn_proxy(xds: SocketAddr, extra: &[&str]) -> Result<Proxy> {
+    let bin = bin_path("keel-proxy", "keel-proxy");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--xds-address").arg(xds.to_string()).args([
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--ready-addr",
+        "127.0.0.1:0",
+        "--stats-addr",
+        "127.0.0.1:0",
+        "--outbound-addr",
+        "127.0.0.1:0",
+        "--inbound-addr",
+        "127.0.0.1:0",
+    ]);
+    cmd.args(extra);
+    let mut child = ChildGuard::spawn("keel-proxy", &mut cmd, Stdio::piped())?;
+    let lines = line_channel(child.take_stdout().context("keel-proxy's stdout")?);
+    let deadline = Instant::now() + PILOT_READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix("keel-proxy ready: ") {
+                    let mut addrs = std::collections::BTreeMap::new();
+                    for part in rest.split_whitespace() {
+                        if let Some((k, v)) = part.split_once('=') {
+                            addrs.insert(k.to_string(), v.parse()?);
+                        }
+                    }
+                    thread::spawn(move || {
+                        for line in lines {
+                            println!("[keel-proxy stdout] {line}");
+                        }
+                    });
+                    return Ok(Proxy { child, addrs });
+                }
+                println!("[keel-proxy stdout] {line}");
+            }
+            Err(_) => bail!(
+                "keel-proxy ({}) printed no ready line within {PILOT_READY_TIMEOUT:?}; its stderr is above",
+                bin.display()
+            ),
+        }
+    }
+}
+
+/// Sends SIGTERM to `pid` (through `kill(1)`).
+pub fn sigterm(pid: u32) -> Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .context("running kill -TERM")?;
+    if !status.success() {
+        bail!("kill -TERM {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+impl ChildGuard {
+    /// Waits up to `timeout` for the child to exit on its own (stdin left
+    /// open), killing it after that.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.child.kill().ok();
+                let status = self.child.wait()?;
+                bail!("{} did not exit within {timeout:?}; killed ({status})", self.name);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

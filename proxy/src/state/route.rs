@@ -253,6 +253,9 @@ pub struct HeaderMatcher {
     pub condition: HeaderCondition,
     /// Negate the result.
     pub invert: bool,
+    /// Match an absent header as if its value were empty (Envoy's
+    /// `treat_missing_header_as_empty`; Istio sets it for `withoutHeaders`).
+    pub treat_missing_as_empty: bool,
 }
 
 /// What a header must satisfy.

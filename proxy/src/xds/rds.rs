@@ -239,6 +239,7 @@ fn header_matcher(h: &pb::HeaderMatcher) -> Result<HeaderMatcher> {
         name: h.name.to_ascii_lowercase(),
         condition,
         invert: h.invert_match,
+        treat_missing_as_empty: h.treat_missing_header_as_empty,
     })
 }
 

@@ -286,6 +286,8 @@ fn header_matcher(name: &str, sm: Option<&StringMatch>, invert: bool) -> HeaderM
             None => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
         }),
         invert_match: invert,
+        // Istio: `withoutHeaders` also matches requests lacking the header.
+        treat_missing_header_as_empty: invert && sm.is_some(),
         ..Default::default()
     }
 }
