@@ -113,6 +113,10 @@ pub struct Config {
     /// (server-speaks-first protocols) before treating it as TCP.
     #[arg(long, env = "KEEL_DETECT_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub detect_timeout: std::time::Duration,
+    /// Worker threads (Istio's proxy `concurrency`); 1 runs everything on
+    /// one thread, the fastest choice for a proxy pinned to one core.
+    #[arg(long, env = "ISTIO_META_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
     /// Write a JSON access log line per request to this file (`-` for
     /// standard output); off when unset.
     #[arg(long, env = "KEEL_ACCESS_LOG")]

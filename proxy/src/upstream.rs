@@ -14,6 +14,7 @@ pub mod pool;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
@@ -42,6 +43,41 @@ pub struct Upstream {
     pub unknown: Host,
     /// Inbound (`inbound|…`) rather than outbound.
     pub inbound: bool,
+    /// Requests in flight to this cluster (carried across rebuilds).
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one request against its cluster's circuit breakers until dropped.
+#[derive(Debug)]
+pub struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Upstream {
+    /// Admits one more request, or says which circuit breaker is full:
+    /// `max_requests` (Istio `http2MaxRequests`), or for HTTP/1.1 the
+    /// connections plus the requests allowed to wait for one
+    /// (`maxConnections` + `http1MaxPendingRequests`).
+    pub fn admit(&self, h2: bool) -> Result<Active, String> {
+        let cb = &self.cluster.circuit_breakers;
+        let mut limit = cb.max_requests as usize;
+        if !h2 {
+            limit = limit.min((cb.max_connections as usize).saturating_add(cb.max_pending_requests as usize));
+        }
+        let before = self.active.fetch_add(1, Relaxed);
+        let active = Active(Arc::clone(&self.active));
+        if before >= limit {
+            return Err(format!(
+                "{} already has {before} requests in flight (limit {limit}: max_requests {}, max_connections {}, max_pending_requests {})",
+                self.cluster.name, cb.max_requests, cb.max_connections, cb.max_pending_requests
+            ));
+        }
+        Ok(active)
+    }
 }
 
 /// One endpoint of an [`Upstream`].
@@ -263,7 +299,7 @@ fn build(
             None => Arc::new(new_upstream(
                 cluster,
                 endpoints,
-                prev.map(|u| &u.balancer),
+                prev,
                 pools,
                 metrics,
                 own,
@@ -282,7 +318,7 @@ fn build(
 fn new_upstream(
     cluster: &Arc<Cluster>,
     endpoints: Option<Arc<Endpoints>>,
-    previous: Option<&Balancer>,
+    previous: Option<&Arc<Upstream>>,
     pools: &Pools,
     metrics: &Metrics,
     own: &Workload,
@@ -290,9 +326,10 @@ fn new_upstream(
     let empty = Endpoints::default();
     let eps = endpoints.as_deref().unwrap_or(&empty);
     let balancer = match previous {
-        Some(b) => b.rebuild(cluster, eps),
+        Some(u) => u.balancer.rebuild(cluster, eps),
         None => Balancer::new(cluster, eps),
     };
+    let active = previous.map(|u| Arc::clone(&u.active)).unwrap_or_default();
     let inbound = cluster.name.starts_with("inbound|");
     let labels = |endpoint: Option<&Endpoint>| -> PeerLabels {
         if inbound {
@@ -332,6 +369,7 @@ fn new_upstream(
         balancer,
         hosts,
         inbound,
+        active,
     }
 }
 

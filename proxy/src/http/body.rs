@@ -72,6 +72,8 @@ pub struct Completion {
     pub log: Option<(AccessLog, Entry)>,
     /// The endpoint's active-request count, released with the response.
     pub inflight: Option<crate::balance::InFlight>,
+    /// The cluster's circuit-breaker count, released with the response.
+    pub active: Option<crate::upstream::Active>,
 }
 
 impl Completion {

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     UpstreamReset,
     /// The route's timeout expired.
     Timeout,
+    /// A circuit breaker of the cluster is full.
+    Overflow,
     /// The proxy has no configuration yet.
     NotReady,
 }
@@ -36,6 +38,7 @@ impl ErrorCode {
             Self::ConnectFailure => flags::UPSTREAM_CONNECTION_FAILURE,
             Self::UpstreamReset => flags::UPSTREAM_CONNECTION_TERMINATION,
             Self::Timeout => flags::UPSTREAM_REQUEST_TIMEOUT,
+            Self::Overflow => flags::UPSTREAM_OVERFLOW,
             Self::NotReady => flags::NOT_READY,
         }
     }
@@ -49,6 +52,7 @@ impl ErrorCode {
             | Self::NoHealthyUpstream
             | Self::ConnectFailure
             | Self::UpstreamReset
+            | Self::Overflow
             | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -23,7 +23,7 @@ use crate::state::cluster::{Discovery, LbPolicy, UpstreamProtocol};
 use crate::state::listener::{ChainAction, HttpManager, RouteSource};
 use crate::state::route::{Action, Forward, Route, RouteTable, VirtualHost};
 use crate::tcp;
-use crate::upstream::{Host, Snapshot, Upstream, is_self};
+use crate::upstream::{Active, Host, Snapshot, Upstream, is_self};
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 7] = [
@@ -45,6 +45,8 @@ struct Ctx<'a> {
     log: Option<Entry>,
     /// Counts the request as active on its endpoint (least request).
     inflight: Option<InFlight>,
+    /// Counts the request against its cluster's circuit breakers.
+    active: Option<Active>,
 }
 
 pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
@@ -58,6 +60,7 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
         request_bytes: Arc::new(AtomicU64::new(header_bytes)),
         log: conn.access_log.as_ref().map(|_| entry(&conn, &req)),
         inflight: None,
+        active: None,
     };
     let snap = conn.plane.snapshot();
     if req.method() == Method::CONNECT {
@@ -179,6 +182,17 @@ async fn forward(
         let detail = format!("route {:?} names unknown cluster {:?}", route.name, wc.name);
         return proxy_error(&mut ctx, snap, None, ErrorCode::NoCluster, &detail);
     };
+    let h2 = match upstream.cluster.protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::UseDownstream => ctx.conn.h2,
+    };
+    match upstream.admit(h2) {
+        Ok(a) => ctx.active = Some(a),
+        Err(detail) => {
+            return proxy_error(&mut ctx, snap, Some(upstream), ErrorCode::Overflow, &detail);
+        }
+    }
     let (addr, host, inflight) = match pick(&ctx, upstream, hash.hash, &authority).await {
         Ok(p) => p,
         Err((code, detail)) => return proxy_error(&mut ctx, snap, Some(upstream), code, &detail),
@@ -193,11 +207,6 @@ async fn forward(
         e.upstream_host = addr.to_string();
     }
     let cluster = &upstream.cluster;
-    let h2 = match cluster.protocol {
-        UpstreamProtocol::Http2 => true,
-        UpstreamProtocol::Http1 => false,
-        UpstreamProtocol::UseDownstream => ctx.conn.h2,
-    };
 
     let (mut parts, body) = req.into_parts();
     let upgrade = (!ctx.conn.h2 && parts.headers.contains_key(header::UPGRADE))
@@ -581,6 +590,7 @@ fn finish_with(
             .clone()
             .zip(ctx.log.take()),
         inflight: ctx.inflight.take(),
+        active: ctx.active.take(),
     };
     resp.map(|b| Observed::new(b, done).boxed_unsync())
 }
@@ -598,6 +608,7 @@ fn connect_tunnel(ctx: &Ctx<'_>, snap: Arc<Snapshot>, mut req: Request<Incoming>
             request_bytes: Arc::clone(&ctx.request_bytes),
             log: None,
             inflight: None,
+            active: None,
         };
         return proxy_error(
             &mut ctx,
