@@ -27,6 +27,9 @@ use crate::http::{Body, BoxError};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE: usize = 256;
+/// How often a request the upstream never saw is sent again on another
+/// connection (the last time on a new one).
+const MAX_UNSENT_REPLAYS: usize = 2;
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -113,49 +116,71 @@ impl Pool {
     /// URI whose authority becomes `:authority`.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<Body>,
+        mut req: Request<Body>,
         h2: bool,
         connect_timeout: Duration,
     ) -> Result<Response<Body>, SendError> {
-        if h2 {
-            let mut sender = self.h2_sender(connect_timeout).await?;
-            let resp = sender.send_request(req).await.map_err(|source| {
-                // A dead connection is replaced on the next request.
-                self.h2.store(None);
-                SendError::Reset {
-                    addr: self.addr,
-                    source,
+        // A pooled connection the server has just closed hands the request
+        // back unsent; it then goes out on a fresh connection (this is not
+        // a retry: nothing reached the upstream).
+        let mut attempt = 0;
+        loop {
+            let fresh = attempt == MAX_UNSENT_REPLAYS;
+            attempt += 1;
+            if h2 {
+                let mut sender = self.h2_sender(connect_timeout).await?;
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                    Err(mut e) => {
+                        self.h2.store(None);
+                        match e.take_message() {
+                            Some(r) if !fresh => req = r,
+                            _ => {
+                                return Err(SendError::Reset {
+                                    addr: self.addr,
+                                    source: e.into_error(),
+                                });
+                            }
+                        }
+                    }
                 }
-            })?;
-            return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()));
-        }
-        let mut sender = self.h1_sender(connect_timeout).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|source| SendError::Reset {
-                addr: self.addr,
-                source,
-            })?;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // The connection now belongs to the upgrade.
-            return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()));
-        }
-        let back = Arc::downgrade(self);
-        Ok(resp.map(|inner| {
-            PooledBody {
-                inner,
-                back: Some((sender, back)),
+                continue;
             }
-            .boxed_unsync()
-        }))
+            let mut sender = self.h1_sender(connect_timeout, fresh).await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // The connection now belongs to the upgrade.
+                        return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()));
+                    }
+                    let back = Arc::downgrade(self);
+                    return Ok(resp.map(|inner| {
+                        PooledBody {
+                            inner,
+                            back: Some((sender, back)),
+                        }
+                        .boxed_unsync()
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if !fresh => req = r,
+                    _ => {
+                        return Err(SendError::Reset {
+                            addr: self.addr,
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
     }
 
     async fn h1_sender(
         &self,
         connect_timeout: Duration,
+        fresh: bool,
     ) -> Result<http1::SendRequest<Body>, SendError> {
-        loop {
+        while !fresh {
             let next = self.idle.lock().ok().and_then(|mut i| i.pop());
             let Some(mut sender) = next else { break };
             if sender.is_closed() {
