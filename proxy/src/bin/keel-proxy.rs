@@ -97,7 +97,7 @@ async fn run(
         })?),
         None => None,
     };
-    let plane = Arc::new(Plane::new(shared.clone(), metrics, own));
+    let plane = Arc::new(Plane::new(shared.clone(), metrics.clone(), own));
     let dp = DataPath {
         plane,
         access_log,
@@ -147,7 +147,9 @@ async fn run(
     ));
     tracing::info!(node = %node.id, xds = %config.xds_address, "starting keel-proxy");
     let xds_task = tokio::spawn(
-        XdsClient::new(node, &config.xds_address, shared.clone()).run(shutdown_rx.clone()),
+        XdsClient::new(node, &config.xds_address, shared.clone())
+            .with_metrics(metrics)
+            .run(shutdown_rx.clone()),
     );
     println!("keel-proxy ready: {ports}");
 

@@ -70,6 +70,7 @@ pub struct XdsClient {
     node: Node,
     address: String,
     state: SharedState,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// What the stream currently subscribes to by name.
@@ -100,7 +101,14 @@ impl XdsClient {
             node,
             address,
             state,
+            metrics: None,
         }
+    }
+
+    /// Counts applied and rejected responses in `keel_proxy_xds_updates_total`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until `shutdown` turns true, reconnecting as needed.
@@ -199,6 +207,9 @@ impl XdsClient {
         let current = self.state.load_full();
         let applied = handlers::apply(&current, &resp, requested);
         let short = handlers::short_name(&resp.type_url).unwrap_or("unknown");
+        if let Some(m) = &self.metrics {
+            m.record_xds_update(short, applied.errors.is_empty());
+        }
         let next = Arc::new(applied.state);
         self.state.store(Arc::clone(&next));
         let error = if applied.errors.is_empty() {
