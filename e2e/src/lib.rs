@@ -910,3 +910,64 @@ impl ChildGuard {
         }
     }
 }
+
+/// What [`http_send`] got back.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// Headers, names lower-cased (the last value of a repeated one).
+    pub headers: HashMap<String, String>,
+    /// The body (de-chunked).
+    pub body: String,
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`):
+/// `target` is origin-form (`/path`) or absolute-form for a proxy; the
+/// `Host` header is `host` unless `headers` sets it. Times out after 10 s.
+pub fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpAnswer> {
+    let timeout = Duration::from_secs(10);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer to {method} {target} via {addr}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers in the response")?;
+    let headers: HashMap<String, String> = String::from_utf8_lossy(&raw[..split])
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let (status, body) = parse_response(&raw)?;
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
+}
