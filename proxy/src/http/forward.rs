@@ -361,10 +361,10 @@ async fn pick(
             dns_pick(upstream, host, *port).await.map(|(a, h)| (a, h, None))
         }
         _ => {
+            // Without a hash (no policy produced one) the balancer picks at
+            // random, as Envoy does.
             let hash = match cluster.lb {
-                LbPolicy::RingHash { .. } | LbPolicy::Maglev => {
-                    hash.or_else(|| Some(crate::balance::hash_key(ctx.conn.peer.ip().to_string().as_bytes())))
-                }
+                LbPolicy::RingHash { .. } | LbPolicy::Maglev => hash,
                 _ => None,
             };
             let picked = upstream

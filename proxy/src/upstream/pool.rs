@@ -180,7 +180,10 @@ impl Pool {
         connect_timeout: Duration,
         fresh: bool,
     ) -> Result<http1::SendRequest<Body>, SendError> {
-        while !fresh {
+        loop {
+            if fresh {
+                break;
+            }
             let next = self.idle.lock().ok().and_then(|mut i| i.pop());
             let Some(mut sender) = next else { break };
             if sender.is_closed() {

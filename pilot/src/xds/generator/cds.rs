@@ -250,8 +250,10 @@ fn pick<'p, T>(
 }
 
 fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
+    // Istio's default algorithm is least request; only an explicit
+    // `simple: ROUND_ROBIN` gets round robin.
     let Some(lb) = lb else {
-        c.lb_policy = cluster::LbPolicy::RoundRobin as i32;
+        c.lb_policy = cluster::LbPolicy::LeastRequest as i32;
         return;
     };
     if let Some(hash) = &lb.consistent_hash {
@@ -277,7 +279,8 @@ fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
         Some(SimpleLb::Random) => cluster::LbPolicy::Random,
         Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => cluster::LbPolicy::LeastRequest,
         Some(SimpleLb::Passthrough) => cluster::LbPolicy::ClusterProvided,
-        _ => cluster::LbPolicy::RoundRobin,
+        Some(SimpleLb::RoundRobin) => cluster::LbPolicy::RoundRobin,
+        _ => cluster::LbPolicy::LeastRequest,
     } as i32;
 }
 

@@ -9,7 +9,7 @@
 
 mod http;
 
-use http::{destination_cluster, http_routes, retry};
+use http::{destination_cluster, hash_policy, http_routes, retry};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -177,6 +177,14 @@ fn default_route(ctx: &Ctx<'_, '_>, svc: &ServiceInfo) -> Route {
         action.timeout = Some(duration(std::time::Duration::ZERO));
         action.retry_policy = Some(retry(None, None, DEFAULT_RETRY_ON, 2, true));
     }
+    // As Istio: the DestinationRule's consistent hash applies to the
+    // default route too, not only to VirtualService routes.
+    let whole_service = crate::model::networking::Destination {
+        host: svc.hostname.clone(),
+        subset: None,
+        port: None,
+    };
+    action.hash_policy = hash_policy(ctx, &whole_service, &svc.namespace);
     Route {
         name: "default".into(),
         r#match: Some(prefix_match("/")),

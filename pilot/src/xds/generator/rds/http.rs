@@ -288,7 +288,6 @@ fn header_matcher(name: &str, sm: Option<&StringMatch>, invert: bool) -> HeaderM
         invert_match: invert,
         // Istio: `withoutHeaders` also matches requests lacking the header.
         treat_missing_header_as_empty: invert && sm.is_some(),
-        ..Default::default()
     }
 }
 
@@ -552,7 +551,11 @@ pub(super) fn retry(
 }
 
 /// Consistent-hash keys from the destination's DestinationRule.
-fn hash_policy(ctx: &Ctx<'_, '_>, d: &Destination, ns: &str) -> Vec<route_action::HashPolicy> {
+pub(super) fn hash_policy(
+    ctx: &Ctx<'_, '_>,
+    d: &Destination,
+    ns: &str,
+) -> Vec<route_action::HashPolicy> {
     use route_action::hash_policy::{
         ConnectionProperties, Cookie, FilterState, Header, PolicySpecifier, QueryParameter,
     };
