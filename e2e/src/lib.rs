@@ -904,7 +904,10 @@ impl ChildGuard {
             if Instant::now() >= deadline {
                 self.child.kill().ok();
                 let status = self.child.wait()?;
-                bail!("{} did not exit within {timeout:?}; killed ({status})", self.name);
+                bail!(
+                    "{} did not exit within {timeout:?}; killed ({status})",
+                    self.name
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }

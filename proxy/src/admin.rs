@@ -87,11 +87,17 @@ pub fn stats_router(registry: Arc<Registry>) -> Router {
 async fn stats(State(registry): State<Arc<Registry>>) -> Response {
     match crate::metrics::encode(&registry) {
         Ok(body) => (
-            [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
             body,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n"))
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
             .into_response(),
     }
 }

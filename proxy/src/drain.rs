@@ -30,7 +30,9 @@ impl Drain {
     /// passes. Returns whether everything finished in time.
     pub async fn drain(self, deadline: Duration) -> bool {
         self.tx.send_replace(true);
-        tokio::time::timeout(deadline, self.tx.closed()).await.is_ok()
+        tokio::time::timeout(deadline, self.tx.closed())
+            .await
+            .is_ok()
     }
 
     /// How many watches (listeners and connections) are alive.

@@ -76,10 +76,9 @@ pub async fn proxy<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(upstream) = snap.upstreams.get(cluster) else {
-        let rec = plane.metrics().tcp(
-            plane.unrouted(false).peer,
-            flags::NO_CLUSTER_FOUND,
-        );
+        let rec = plane
+            .metrics()
+            .tcp(plane.unrouted(false).peer, flags::NO_CLUSTER_FOUND);
         tracing::info!(code = flags::NO_CLUSTER_FOUND, %peer, "TCP: unknown cluster {cluster:?}");
         drop(rec);
         return;
@@ -93,7 +92,9 @@ pub async fn proxy<S>(
         },
         Discovery::StrictDns { hosts } if !hosts.is_empty() => {
             let (h, p) = &hosts[fastrand::usize(..hosts.len())];
-            lookup(h, *p).await.map(|a| (a, upstream.unknown.peer.clone(), None))
+            lookup(h, *p)
+                .await
+                .map(|a| (a, upstream.unknown.peer.clone(), None))
         }
         Discovery::LogicalDns { host, port } => lookup(host, *port)
             .await
@@ -111,7 +112,10 @@ pub async fn proxy<S>(
                         .map_or_else(|| upstream.unknown.peer.clone(), |h| h.peer.clone());
                     Ok((p.addr, peer_labels, Some(p)))
                 }
-                None => Err(format!("no healthy endpoint ({} known)", upstream.balancer.len())),
+                None => Err(format!(
+                    "no healthy endpoint ({} known)",
+                    upstream.balancer.len()
+                )),
             }
         }
     };

@@ -66,7 +66,9 @@ impl Upstream {
         let cb = &self.cluster.circuit_breakers;
         let mut limit = cb.max_requests as usize;
         if !h2 {
-            limit = limit.min((cb.max_connections as usize).saturating_add(cb.max_pending_requests as usize));
+            limit = limit.min(
+                (cb.max_connections as usize).saturating_add(cb.max_pending_requests as usize),
+            );
         }
         let before = self.active.fetch_add(1, Relaxed);
         let active = Active(Arc::clone(&self.active));
@@ -186,7 +188,12 @@ impl Plane {
             None,
             SecurityPolicy::Unknown,
         ));
-        let unrouted_in = host(PeerLabels::inbound(&own, &unknown, None, SecurityPolicy::None));
+        let unrouted_in = host(PeerLabels::inbound(
+            &own,
+            &unknown,
+            None,
+            SecurityPolicy::None,
+        ));
         Self {
             unrouted_out,
             unrouted_in,
@@ -296,14 +303,7 @@ fn build(
         });
         let upstream = match reuse {
             Some(u) => Arc::clone(u),
-            None => Arc::new(new_upstream(
-                cluster,
-                endpoints,
-                prev,
-                pools,
-                metrics,
-                own,
-            )),
+            None => Arc::new(new_upstream(cluster, endpoints, prev, pools, metrics, own)),
         };
         upstreams.insert(name.clone(), upstream);
     }
@@ -376,7 +376,8 @@ fn new_upstream(
 /// Whether `ip` is one of this machine's addresses we must not connect
 /// back to through an original-destination cluster (the listener itself).
 pub fn is_self(dst: SocketAddr, local: SocketAddr) -> bool {
-    dst == local || (dst.port() == local.port() && local.ip().is_unspecified() && is_local(dst.ip()))
+    dst == local
+        || (dst.port() == local.port() && local.ip().is_unspecified() && is_local(dst.ip()))
 }
 
 fn is_local(ip: IpAddr) -> bool {

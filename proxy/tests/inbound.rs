@@ -14,7 +14,11 @@ use keel_e2e::{http_send, spawn_echo_at, spawn_pilot, spawn_proxy};
 
 #[test]
 fn inbound_forwards_to_the_local_app_and_reports_as_destination() -> Result<()> {
-    let app = spawn_echo_at("127.0.0.1:0", &["--name", "ratings", "--version", "v1"], &[])?;
+    let app = spawn_echo_at(
+        "127.0.0.1:0",
+        &["--name", "ratings", "--version", "v1"],
+        &[],
+    )?;
     let port = app.addr.port();
     let dir = tempfile::tempdir()?;
     std::fs::write(
@@ -58,7 +62,10 @@ spec:
     }
     let a = http_send(inbound, "GET", "/", &[("Host", "ratings.test:1")], b"")?;
     assert_eq!(a.status, 404, "{a:?}");
-    assert_eq!(a.headers.get("x-keel-error").map(String::as_str), Some("no_route"));
+    assert_eq!(
+        a.headers.get("x-keel-error").map(String::as_str),
+        Some("no_route")
+    );
 
     let stats = proxy.stats()?;
     let served = sample(

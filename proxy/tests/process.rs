@@ -151,7 +151,14 @@ fn proxy_syncs_follows_edits_and_survives_pilot_restart() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel-proxy"));
     cmd.args(["--xds-address", &xds.to_string()])
         .args(["--admin-addr", "127.0.0.1:0", "--ready-addr", "127.0.0.1:0"])
-        .args(["--stats-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0", "--inbound-addr", "127.0.0.1:0"])
+        .args([
+            "--stats-addr",
+            "127.0.0.1:0",
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--inbound-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--pod-name", "productpage-v1-1", "--pod-ip", "10.1.0.7"])
         .args(["--labels", "app=productpage,version=v1"]);
     let mut proxy = ChildGuard::spawn("keel-proxy", &mut cmd, Stdio::piped()).expect("proxy");

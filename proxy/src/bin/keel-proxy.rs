@@ -24,7 +24,9 @@ use tokio::sync::watch;
 fn main() -> ExitCode {
     let config = Config::parse();
     let runtime = if config.concurrency == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(usize::from(config.concurrency))
@@ -71,7 +73,10 @@ enum MainError {
     },
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), MainError> {
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), MainError> {
     let l = admin::bind(what, addr).await?;
     let local = l
         .local_addr()
@@ -91,10 +96,12 @@ async fn run(
     let metrics = Metrics::new(&mut registry);
     let registry = Arc::new(registry);
     let access_log = match &config.access_log {
-        Some(p) => Some(AccessLog::start(p.clone()).map_err(|source| MainError::AccessLog {
-            path: p.display().to_string(),
-            source,
-        })?),
+        Some(p) => Some(
+            AccessLog::start(p.clone()).map_err(|source| MainError::AccessLog {
+                path: p.display().to_string(),
+                source,
+            })?,
+        ),
         None => None,
     };
     let plane = Arc::new(Plane::new(shared.clone(), metrics.clone(), own));
@@ -114,7 +121,12 @@ async fn run(
             let (out, out_addr) = bind("outbound-addr", config.outbound_addr).await?;
             let (inb, in_addr) = bind("inbound-addr", config.inbound_addr).await?;
             ports.push_str(&format!(" outbound={out_addr} inbound={in_addr}"));
-            tokio::spawn(listen::serve(dp.clone(), out, Role::Outbound, watch.clone()));
+            tokio::spawn(listen::serve(
+                dp.clone(),
+                out,
+                Role::Outbound,
+                watch.clone(),
+            ));
             tokio::spawn(listen::serve(dp.clone(), inb, Role::Inbound, watch.clone()));
         }
         Mode::Router => {

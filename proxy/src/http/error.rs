@@ -76,7 +76,8 @@ pub fn respond(code: ErrorCode, detail: &str, grpc: bool) -> Response<Body> {
             HeaderValue::from_static("application/grpc"),
         );
         h.insert("grpc-status", HeaderValue::from(code.grpc_status()));
-        if let Ok(v) = HeaderValue::from_str(&percent_encode(&format!("{}: {detail}", code.as_str())))
+        if let Ok(v) =
+            HeaderValue::from_str(&percent_encode(&format!("{}: {detail}", code.as_str())))
         {
             h.insert("grpc-message", v);
         }
@@ -122,7 +123,11 @@ mod tests {
 
     #[test]
     fn grpc_errors_are_trailers_only() {
-        let r = respond(ErrorCode::ConnectFailure, "connecting to 10.0.0.1:80: refused é", true);
+        let r = respond(
+            ErrorCode::ConnectFailure,
+            "connecting to 10.0.0.1:80: refused é",
+            true,
+        );
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "14");
         assert_eq!(r.headers()["x-keel-error"], "connect_failure");

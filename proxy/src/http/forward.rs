@@ -216,7 +216,11 @@ async fn forward(
     strip_hop_by_hop(&mut headers, upgrade.is_some());
     router::apply_headers(
         &mut headers,
-        &[&wc.request_headers, &route.request_headers, &vh.request_headers],
+        &[
+            &wc.request_headers,
+            &route.request_headers,
+            &vh.request_headers,
+        ],
     );
     prepare_headers(&mut headers, ctx.conn, vh);
     let path = parts
@@ -254,7 +258,11 @@ async fn forward(
     let mut up = Request::new(body);
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
-    *up.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    *up.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     *up.headers_mut() = headers;
 
     let sent = pool.send(up, h2, cluster.connect_timeout);
@@ -315,7 +323,11 @@ async fn forward(
     let headers = resp.headers_mut();
     router::apply_headers(
         headers,
-        &[&wc.response_headers, &route.response_headers, &vh.response_headers],
+        &[
+            &wc.response_headers,
+            &route.response_headers,
+            &vh.response_headers,
+        ],
     );
     if let Some(c) = hash.set_cookie
         && let Ok(v) = HeaderValue::from_str(&c)
@@ -357,9 +369,9 @@ async fn pick(
             let (h, p) = &hosts[fastrand::usize(..hosts.len())];
             dns_pick(upstream, h, *p).await.map(|(a, h)| (a, h, None))
         }
-        Discovery::LogicalDns { host, port } => {
-            dns_pick(upstream, host, *port).await.map(|(a, h)| (a, h, None))
-        }
+        Discovery::LogicalDns { host, port } => dns_pick(upstream, host, *port)
+            .await
+            .map(|(a, h)| (a, h, None)),
         _ => {
             // Without a hash (no policy produced one) the balancer picks at
             // random, as Envoy does.
@@ -409,10 +421,16 @@ async fn dns_pick(
     if addrs.is_empty() {
         return Err((
             ErrorCode::NoHealthyUpstream,
-            format!("{}: {host}:{port} resolved to no address", upstream.cluster.name),
+            format!(
+                "{}: {host}:{port} resolved to no address",
+                upstream.cluster.name
+            ),
         ));
     }
-    Ok((addrs[fastrand::usize(..addrs.len())], upstream.unknown.clone()))
+    Ok((
+        addrs[fastrand::usize(..addrs.len())],
+        upstream.unknown.clone(),
+    ))
 }
 
 /// Resolves `authority` (`host[:port]`).
@@ -560,7 +578,12 @@ fn local_response(
     finish_with(ctx, &host, resp, flags)
 }
 
-fn finish(mut ctx: Ctx<'_>, host: &Host, resp: Response<Body>, flags: &'static str) -> Response<Body> {
+fn finish(
+    mut ctx: Ctx<'_>,
+    host: &Host,
+    resp: Response<Body>,
+    flags: &'static str,
+) -> Response<Body> {
     finish_with(&mut ctx, host, resp, flags)
 }
 
@@ -584,11 +607,7 @@ fn finish_with(
         start: ctx.start,
         request_bytes: Arc::clone(&ctx.request_bytes),
         response_header_bytes: header_size(resp.headers()) + 17,
-        log: ctx
-            .conn
-            .access_log
-            .clone()
-            .zip(ctx.log.take()),
+        log: ctx.conn.access_log.clone().zip(ctx.log.take()),
         inflight: ctx.inflight.take(),
         active: ctx.active.take(),
     };
@@ -598,8 +617,15 @@ fn finish_with(
 /// `CONNECT host:port`: answer 200, then splice the tunnel to the service
 /// behind `host:port` (its TCP chain's cluster, or the cluster its HTTP
 /// route picks), or straight to `host:port` when the mesh does not know it.
-fn connect_tunnel(ctx: &Ctx<'_>, snap: Arc<Snapshot>, mut req: Request<Incoming>) -> Response<Body> {
-    let target = req.uri().authority().map(|a| a.as_str().to_ascii_lowercase());
+fn connect_tunnel(
+    ctx: &Ctx<'_>,
+    snap: Arc<Snapshot>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase());
     let Some(target) = target.filter(|t| t.contains(':')) else {
         let mut ctx = Ctx {
             conn: ctx.conn,

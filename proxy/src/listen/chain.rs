@@ -46,7 +46,9 @@ pub fn select<'l>(
         Some(p) if Some(p) == dst_port => Some(1),
         Some(_) => None,
     });
-    narrow(&mut cands, |c| server_name_rank(&c.matcher.server_names, sniffed.sni));
+    narrow(&mut cands, |c| {
+        server_name_rank(&c.matcher.server_names, sniffed.sni)
+    });
     let transport = if sniffed.tls { "tls" } else { "raw_buffer" };
     narrow(&mut cands, |c| match &c.matcher.transport_protocol {
         None => Some(0),
@@ -63,10 +65,7 @@ pub fn select<'l>(
             None
         }
     });
-    cands
-        .first()
-        .copied()
-        .or(listener.default_chain.as_ref())
+    cands.first().copied().or(listener.default_chain.as_ref())
 }
 
 /// Keeps the candidates of the best rank (`None`: excluded).
@@ -161,7 +160,10 @@ mod tests {
             alpn: vec![],
         };
         assert_eq!(pick(&l, Some(443), &tls("www.example.com")), Some("exact"));
-        assert_eq!(pick(&l, Some(443), &tls("v1.api.example.com")), Some("deeper"));
+        assert_eq!(
+            pick(&l, Some(443), &tls("v1.api.example.com")),
+            Some("deeper")
+        );
         assert_eq!(pick(&l, Some(443), &tls("shop.example.com")), Some("wild"));
         assert_eq!(pick(&l, Some(443), &tls("other.org")), Some("any"));
         assert_eq!(pick(&l, Some(443), &Sniffed::tcp()), Some("any"));
@@ -183,8 +185,14 @@ mod tests {
             ],
             Some(chain("catchall", ChainMatch::default())),
         );
-        assert_eq!(pick(&l, Some(9080), &Sniffed::http(false)), Some("9080-http"));
-        assert_eq!(pick(&l, Some(9080), &Sniffed::http(true)), Some("9080-http"));
+        assert_eq!(
+            pick(&l, Some(9080), &Sniffed::http(false)),
+            Some("9080-http")
+        );
+        assert_eq!(
+            pick(&l, Some(9080), &Sniffed::http(true)),
+            Some("9080-http")
+        );
         assert_eq!(pick(&l, Some(9080), &Sniffed::tcp()), Some("9080-tcp"));
         let tls = Sniffed {
             tls: true,

@@ -182,7 +182,10 @@ fn requests_total_counts_each_request_with_istio_labels() {
     let (_, failed) = sample(
         &text,
         "istio_requests_total",
-        &[("response_code", "503"), ("response_flags", "connect_failure")],
+        &[
+            ("response_code", "503"),
+            ("response_flags", "connect_failure"),
+        ],
     );
     assert_eq!(failed, 1.0);
     assert_eq!(samples(&text, "istio_requests_total").len(), 2, "{text}");
