@@ -229,7 +229,11 @@ async fn forward(
         .map_or("/", |p| p.as_str())
         .to_string();
     let path = router::rewrite_path(route, fwd, &path).unwrap_or(path);
-    let authority = router::rewrite_authority(fwd, &headers, None).unwrap_or(authority);
+    let authority = wc
+        .host_rewrite
+        .clone()
+        .or_else(|| router::rewrite_authority(fwd, &headers, None))
+        .unwrap_or(authority);
     if let Some(e) = ctx.log.as_mut() {
         e.request_id = header_str(&headers, "x-request-id");
     }

@@ -139,6 +139,7 @@ fn cluster(name: &str, weight: u32) -> WeightedCluster {
         weight,
         request_headers: HeaderMutation::default(),
         response_headers: HeaderMutation::default(),
+        host_rewrite: None,
     }
 }
 

@@ -339,6 +339,8 @@ pub struct WeightedCluster {
     pub request_headers: HeaderMutation,
     /// Response header changes when this target is chosen.
     pub response_headers: HeaderMutation,
+    /// Rewrite the authority to this when this target is chosen.
+    pub host_rewrite: Option<String>,
 }
 
 /// A regex path rewrite. Equal when pattern and substitution are.

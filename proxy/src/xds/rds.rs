@@ -251,6 +251,7 @@ fn forward(a: &pb::RouteAction) -> Result<Forward> {
                 weight: 1,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                host_rewrite: None,
             }]
         }
         Some(route_action::ClusterSpecifier::WeightedClusters(w)) => w
@@ -277,6 +278,12 @@ fn forward(a: &pb::RouteAction) -> Result<Forward> {
                         "response_headers_to_add",
                     )
                     .at(&path)?,
+                    host_rewrite: match &c.host_rewrite_specifier {
+                        Some(
+                            keel_proto::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h),
+                        ) if !h.is_empty() => Some(h.clone()),
+                        _ => None,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?,

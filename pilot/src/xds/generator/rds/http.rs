@@ -133,9 +133,16 @@ fn translate_route(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> Vec<Route> {
             ..Default::default()
         };
         route.action = Some(action(ctx, r, ns));
-        apply_headers(&mut route, r.headers.as_ref());
+        let mut authority = apply_headers(&mut route, r.headers.as_ref());
         if r.route.len() == 1 {
-            apply_headers(&mut route, r.route[0].headers.as_ref());
+            authority = apply_headers(&mut route, r.route[0].headers.as_ref()).or(authority);
+        }
+        if let Some(auth) = authority
+            && let Some(route::Action::Route(a)) = route.action.as_mut()
+            && a.host_rewrite_specifier.is_none()
+        {
+            a.host_rewrite_specifier =
+                Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(auth));
         }
         let mut per_filter: Vec<(String, Any)> = Vec::new();
         if let Some(f) = &r.fault {
@@ -291,15 +298,26 @@ fn header_matcher(name: &str, sm: Option<&StringMatch>, invert: bool) -> HeaderM
     }
 }
 
-fn apply_headers(route: &mut Route, headers: Option<&Headers>) {
-    let Some(h) = headers else { return };
+/// Adds `headers` to `route`, except a request `host` / `:authority`
+/// set or add: as Istio does, that is an authority rewrite, returned for
+/// the caller to put on the route or the weighted cluster.
+fn apply_headers(route: &mut Route, headers: Option<&Headers>) -> Option<String> {
+    let h = headers?;
+    let is_authority = |k: &String| k.eq_ignore_ascii_case("host") || k == ":authority";
+    let mut authority = None;
     if let Some(req) = &h.request {
-        route
-            .request_headers_to_add
-            .extend(req.set.iter().map(|(k, v)| header(k, v, false)));
-        route
-            .request_headers_to_add
-            .extend(req.add.iter().map(|(k, v)| header(k, v, true)));
+        for (k, v, append) in req
+            .set
+            .iter()
+            .map(|(k, v)| (k, v, false))
+            .chain(req.add.iter().map(|(k, v)| (k, v, true)))
+        {
+            if is_authority(k) {
+                authority = Some(v.clone());
+            } else {
+                route.request_headers_to_add.push(header(k, v, append));
+            }
+        }
         route
             .request_headers_to_remove
             .extend(req.remove.iter().cloned());
@@ -315,6 +333,7 @@ fn apply_headers(route: &mut Route, headers: Option<&Headers>) {
             .response_headers_to_remove
             .extend(resp.remove.iter().cloned());
     }
+    authority
 }
 
 /// The cluster a destination names, seen from the context's port.
@@ -420,7 +439,11 @@ fn action(ctx: &Ctx<'_, '_>, r: &HttpRoute, ns: &str) -> route::Action {
                     };
                     if let Some(h) = h {
                         let mut tmp = Route::default();
-                        apply_headers(&mut tmp, Some(h));
+                        if let Some(auth) = apply_headers(&mut tmp, Some(h)) {
+                            cw.host_rewrite_specifier = Some(
+                                weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(auth),
+                            );
+                        }
                         cw.request_headers_to_add = tmp.request_headers_to_add;
                         cw.request_headers_to_remove = tmp.request_headers_to_remove;
                         cw.response_headers_to_add = tmp.response_headers_to_add;
