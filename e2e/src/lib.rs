@@ -248,8 +248,26 @@ pub fn spawn_pilot(config_dir: &Path) -> Result<Pilot> {
 /// [`spawn_pilot`] with extra command-line arguments, e.g.
 /// `["--domain-suffix", "cluster.local"]`.
 pub fn spawn_pilot_with_args(config_dir: &Path, extra: &[&str]) -> Result<Pilot> {
+    spawn_pilot_in(None, config_dir, extra)
+}
+
+/// A command running `bin`, inside network namespace `netns` when given
+/// (through `ip netns exec`, which needs root).
+pub fn command_in(netns: Option<&str>, bin: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// [`spawn_pilot_with_args`] inside network namespace `netns` (if given).
+pub fn spawn_pilot_in(netns: Option<&str>, config_dir: &Path, extra: &[&str]) -> Result<Pilot> {
     let bin = bin_path("keel-pilot", "keel-pilot");
-    let mut cmd = Command::new(&bin);
+    let mut cmd = command_in(netns, &bin);
     cmd.arg("--config-dir")
         .arg(config_dir)
         .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
@@ -746,7 +764,17 @@ pub struct Echo {
 /// for its listening line. Proxy and `ECHO_*` variables of the test's own
 /// environment are removed so only `env` applies.
 pub fn spawn_echo_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Echo> {
-    let mut cmd = Command::new(bin_path("keel-e2e", "keel-echo"));
+    spawn_echo_in(None, listen, args, env)
+}
+
+/// [`spawn_echo_at`] inside network namespace `netns` (if given).
+pub fn spawn_echo_in(
+    netns: Option<&str>,
+    listen: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Echo> {
+    let mut cmd = command_in(netns, &bin_path("keel-e2e", "keel-echo"));
     cmd.args(["--listen", listen]).args(args);
     for key in [
         "HTTP_PROXY",
@@ -834,9 +862,15 @@ impl Proxy {
 /// gateway) plus `extra` arguments, and waits for its ready line (not for
 /// configuration: see [`Proxy::wait_ready`]). Its stderr goes to the test's.
 pub fn spawn_proxy(xds: SocketAddr, extra: &[&str]) -> Result<Proxy> {
+    spawn_proxy_in(None, xds, extra)
+}
+
+/// [`spawn_proxy`] inside network namespace `netns` (if given); `extra`
+/// flags given later override the defaults (e.g. `--outbound-addr`).
+pub fn spawn_proxy_in(netns: Option<&str>, xds: SocketAddr, extra: &[&str]) -> Result<Proxy> {
     let bin = bin_path("keel-proxy", "keel-proxy");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("--xds-address").arg(xds.to_string()).args([
+    let mut cmd = command_in(netns, &bin);
+    let defaults = [
         "--admin-addr",
         "127.0.0.1:0",
         "--ready-addr",
@@ -847,7 +881,15 @@ pub fn spawn_proxy(xds: SocketAddr, extra: &[&str]) -> Result<Proxy> {
         "127.0.0.1:0",
         "--inbound-addr",
         "127.0.0.1:0",
-    ]);
+    ];
+    let overridden = |flag: &str| extra.iter().any(|a| *a == flag);
+    let mut args: Vec<&str> = Vec::new();
+    for pair in defaults.chunks(2) {
+        if !overridden(pair[0]) {
+            args.extend_from_slice(pair);
+        }
+    }
+    cmd.arg("--xds-address").arg(xds.to_string()).args(args);
     cmd.args(extra);
     let mut child = ChildGuard::spawn("keel-proxy", &mut cmd, Stdio::piped())?;
     let lines = line_channel(child.take_stdout().context("keel-proxy's stdout")?);
