@@ -882,7 +882,7 @@ pub fn spawn_proxy_in(netns: Option<&str>, xds: SocketAddr, extra: &[&str]) -> R
         "--inbound-addr",
         "127.0.0.1:0",
     ];
-    let overridden = |flag: &str| extra.iter().any(|a| *a == flag);
+    let overridden = |flag: &str| extra.contains(&flag);
     let mut args: Vec<&str> = Vec::new();
     for pair in defaults.chunks(2) {
         if !overridden(pair[0]) {
