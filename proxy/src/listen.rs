@@ -175,6 +175,18 @@ async fn connection(
             drop(snap);
             http::serve(Arc::new(ctx), stream, drain).await;
         }
+        (_, _)
+            if matches!(
+                detection.protocol,
+                Detected::Tcp {
+                    reason: "client closed before sending"
+                }
+            ) && dst_port.is_none() =>
+        {
+            // A port probe (health checkers, load generators): nothing to
+            // route and nothing to report.
+            tracing::debug!(%peer, "client closed before sending anything");
+        }
         (chosen, _) => {
             let what = match (&detection.protocol, chosen) {
                 (_, Some(ChainAction::Http(_))) => "an HTTP chain matched a non-HTTP connection",

@@ -244,11 +244,11 @@ impl Metrics {
     /// to keep for the connection (or the cluster and endpoint) and share
     /// across its requests.
     pub fn requests(&self, peer: impl Into<Peer>) -> RequestRecorder {
-        RequestRecorder {
+        RequestRecorder(Arc::new(RecorderInner {
             peer: peer.into(),
             metrics: self.clone(),
-            cache: Arc::new(ArcSwap::from_pointee(Vec::new())),
-        }
+            cache: ArcSwap::from_pointee(Vec::new()),
+        }))
     }
 
     /// Counts a TCP connection opened (`flags`: usually [`flags::NONE`]) and
@@ -306,10 +306,15 @@ impl RequestSeries {
 /// small lock-free cache: a request costs a cache scan, one counter
 /// increment and three histogram observations. Clones share the cache.
 #[derive(Clone, Debug)]
-pub struct RequestRecorder {
+pub struct RequestRecorder(Arc<RecorderInner>);
+
+/// What a [`RequestRecorder`] shares between its clones (one reference
+/// count per clone, not one per metric family).
+#[derive(Debug)]
+struct RecorderInner {
     peer: Peer,
     metrics: Metrics,
-    cache: Arc<ArcSwap<Vec<(RequestOutcome, RequestSeries)>>>,
+    cache: ArcSwap<Vec<(RequestOutcome, RequestSeries)>>,
 }
 
 impl RequestRecorder {
@@ -323,19 +328,19 @@ impl RequestRecorder {
         response_bytes: u64,
     ) {
         {
-            let cache = self.cache.load();
+            let cache = self.0.cache.load();
             if let Some((_, series)) = cache.iter().find(|(o, _)| *o == outcome) {
                 series.record(duration, request_bytes, response_bytes);
                 return;
             }
         }
-        let series = self.metrics.request_series(&RequestLabels {
-            peer: self.peer.clone(),
+        let series = self.0.metrics.request_series(&RequestLabels {
+            peer: self.0.peer.clone(),
             outcome,
         });
         series.record(duration, request_bytes, response_bytes);
-        if self.cache.load().len() < MAX_CACHED_OUTCOMES {
-            self.cache.rcu(|cached| {
+        if self.0.cache.load().len() < MAX_CACHED_OUTCOMES {
+            self.0.cache.rcu(|cached| {
                 let mut next = Vec::clone(cached);
                 if !next.iter().any(|(o, _)| *o == outcome) {
                     next.push((outcome, series.clone()));
@@ -347,7 +352,7 @@ impl RequestRecorder {
 
     /// The labels requests are recorded under.
     pub fn peer(&self) -> &PeerLabels {
-        &self.peer.0
+        &self.0.peer.0
     }
 }
 

@@ -452,6 +452,14 @@ async fn resolve(authority: &str, default_port: u16) -> std::io::Result<SocketAd
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Usually there is nothing to strip: one pass over the names decides.
+    if !keep_upgrade
+        && !headers
+            .keys()
+            .any(|k| HOP_BY_HOP.contains(&k.as_str()) || k == header::UPGRADE)
+    {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

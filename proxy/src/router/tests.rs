@@ -440,9 +440,9 @@ fn query_parameter_value_uses_the_first_value() {
 // Virtual host and route selection
 
 fn table() -> RouteTable {
-    RouteTable {
-        name: "80".into(),
-        virtual_hosts: vec![
+    RouteTable::new(
+        "80".into(),
+        vec![
             vhost(
                 "reviews",
                 &["reviews", "reviews.default.svc.cluster.local:9080"],
@@ -464,7 +464,7 @@ fn table() -> RouteTable {
                 )],
             ),
         ],
-    }
+    )
 }
 
 fn selected(table: &RouteTable, r: &Req) -> Option<(String, String)> {
@@ -524,10 +524,10 @@ fn virtual_host_lookup_retries_without_the_port() {
     assert_eq!(selected(&t, &Req::get("ratings:80", "/ratings")), None);
     assert_eq!(selected(&t, &Req::get("ratings", "/ratings")), None);
 
-    let v6 = RouteTable {
-        name: "v6".into(),
-        virtual_hosts: vec![vhost("v6", &["[::1]"], vec![route("any", prefix("/"))])],
-    };
+    let v6 = RouteTable::new(
+        "v6".into(),
+        vec![vhost("v6", &["[::1]"], vec![route("any", prefix("/"))])],
+    );
     assert_eq!(
         selected(&v6, &Req::get("[::1]:8080", "/")),
         pair("v6", "any")

@@ -14,6 +14,21 @@ pub struct RouteTable {
     pub name: String,
     /// Virtual hosts in configuration order.
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Domains indexed for lookup (derived from `virtual_hosts`).
+    #[serde(skip)]
+    index: DomainIndex,
+}
+
+/// Where each domain pattern leads: exact domains hashed, wildcards in
+/// precedence order, so a lookup costs one hash and a short scan rather
+/// than a pass over every domain of every virtual host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct DomainIndex {
+    exact: std::collections::HashMap<String, usize>,
+    /// `(class, pattern, virtual host)`: suffixes (class 2) then prefixes
+    /// (class 1), longest first, configuration order among equals.
+    wildcards: Vec<(u8, String, usize)>,
+    any: Option<usize>,
 }
 
 /// A virtual host: the domains it serves and its routes.
@@ -66,33 +81,59 @@ impl Domain {
 }
 
 impl RouteTable {
+    /// A table of `virtual_hosts`, indexed.
+    pub fn new(name: String, virtual_hosts: Vec<VirtualHost>) -> Self {
+        let mut index = DomainIndex::default();
+        for (i, vh) in virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                match d {
+                    Domain::Exact(e) => {
+                        index.exact.entry(e.clone()).or_insert(i);
+                    }
+                    Domain::Suffix(s) => index.wildcards.push((2, s.clone(), i)),
+                    Domain::Prefix(p) => index.wildcards.push((1, p.clone(), i)),
+                    Domain::Any => {
+                        index.any.get_or_insert(i);
+                    }
+                }
+            }
+        }
+        // Stable: configuration order among equal ranks.
+        index
+            .wildcards
+            .sort_by(|a, b| (b.0, b.1.len()).cmp(&(a.0, a.1.len())));
+        Self {
+            name,
+            virtual_hosts,
+            index,
+        }
+    }
+
     /// The virtual host for `host` (the `:authority`), with Envoy's precedence:
     /// exact, then the longest suffix wildcard, then the longest prefix
     /// wildcard, then `*`. Wildcards match at least one character.
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
-        let host = host.to_ascii_lowercase();
-        let mut best: Option<(u8, usize, &VirtualHost)> = None;
-        for vh in &self.virtual_hosts {
-            for d in &vh.domains {
-                let rank = match d {
-                    Domain::Exact(e) if *e == host => Some((3, e.len())),
-                    Domain::Suffix(s) if host.len() > s.len() && host.ends_with(s.as_str()) => {
-                        Some((2, s.len()))
-                    }
-                    Domain::Prefix(p) if host.len() > p.len() && host.starts_with(p.as_str()) => {
-                        Some((1, p.len()))
-                    }
-                    Domain::Any => Some((0, 0)),
-                    _ => None,
-                };
-                if let Some((class, len)) = rank
-                    && best.is_none_or(|(c, l, _)| (class, len) > (c, l))
-                {
-                    best = Some((class, len, vh));
-                }
-            }
-        }
-        best.map(|(_, _, vh)| vh)
+        let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
+        let ix = &self.index;
+        let found = ix.exact.get(host.as_ref()).copied().or_else(|| {
+            ix.wildcards
+                .iter()
+                .find(|(class, p, _)| {
+                    host.len() > p.len()
+                        && if *class == 2 {
+                            host.ends_with(p.as_str())
+                        } else {
+                            host.starts_with(p.as_str())
+                        }
+                })
+                .map(|(_, _, i)| *i)
+                .or(ix.any)
+        });
+        found.and_then(|i| self.virtual_hosts.get(i))
     }
 }
 
@@ -657,16 +698,16 @@ mod tests {
 
     #[test]
     fn virtual_host_precedence_follows_envoy() {
-        let table = RouteTable {
-            name: "t".into(),
-            virtual_hosts: vec![
+        let table = RouteTable::new(
+            "t".into(),
+            vec![
                 vh("any", &["*"]),
                 vh("prefix", &["api.*"]),
                 vh("suffix", &["*.example.com"]),
                 vh("longer-suffix", &["*.api.example.com"]),
                 vh("exact", &["reviews", "reviews:9080"]),
             ],
-        };
+        );
         let pick = |h: &str| table.virtual_host(h).map(|v| v.name.as_str());
         assert_eq!(pick("reviews"), Some("exact"));
         assert_eq!(pick("REVIEWS:9080"), Some("exact"));

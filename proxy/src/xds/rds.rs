@@ -40,10 +40,7 @@ pub fn route_table(rc: &pb::RouteConfiguration) -> Result<RouteTable> {
     if rc.vhds.is_some() {
         return Err(FieldError::new("vhds", "VHDS is not supported"));
     }
-    Ok(RouteTable {
-        name: rc.name.clone(),
-        virtual_hosts,
-    })
+    Ok(RouteTable::new(rc.name.clone(), virtual_hosts))
 }
 
 /// The path of a list element: its index and, when it has one, its name, so a
