@@ -76,10 +76,14 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+    let scheme = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        "https"
+    } else {
+        "http"
+    };
     let info = RequestInfo {
         method: req.method(),
-        scheme: &scheme,
+        scheme,
         authority: &authority,
         path_and_query: &path_and_query,
         headers: req.headers(),
@@ -492,7 +496,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// `x-envoy-attempt-count` when the virtual host asks for it.
 fn prepare_headers(headers: &mut HeaderMap, conn: &ConnCtx, vh: &VirtualHost) {
     if !headers.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&request_id())
+        && let Ok(v) = HeaderValue::from_bytes(&request_id())
     {
         headers.insert("x-request-id", v);
     }
@@ -508,17 +512,22 @@ fn prepare_headers(headers: &mut HeaderMap, conn: &ConnCtx, vh: &VirtualHost) {
 }
 
 /// A random UUID (version 4) for `x-request-id`.
-fn request_id() -> String {
-    let a = fastrand::u64(..);
-    let b = fastrand::u64(..);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+fn request_id() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    // Version 4, variant 10xx.
+    bits = (bits & !(0xf << 76)) | (0x4 << 76);
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *slot = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    }
+    out
 }
 
 fn header_size(h: &HeaderMap) -> u64 {
@@ -693,4 +702,25 @@ fn connect_tunnel(
         .await;
     });
     Response::new(super::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let id = request_id();
+        let s = std::str::from_utf8(&id).expect("ascii");
+        let parts: Vec<&str> = s.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{s}"
+        );
+        assert!(parts[2].starts_with('4'), "{s}");
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'), "{s}");
+        assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert_ne!(request_id(), request_id());
+    }
 }

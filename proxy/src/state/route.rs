@@ -101,7 +101,7 @@ impl RouteTable {
         // Stable: configuration order among equal ranks.
         index
             .wildcards
-            .sort_by(|a, b| (b.0, b.1.len()).cmp(&(a.0, a.1.len())));
+            .sort_by_key(|w| std::cmp::Reverse((w.0, w.1.len())));
         Self {
             name,
             virtual_hosts,
