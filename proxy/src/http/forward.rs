@@ -719,7 +719,10 @@ mod tests {
             "{s}"
         );
         assert!(parts[2].starts_with('4'), "{s}");
-        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'), "{s}");
+        assert!(
+            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{s}"
+        );
         assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
         assert_ne!(request_id(), request_id());
     }
