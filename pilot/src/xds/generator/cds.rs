@@ -223,7 +223,7 @@ fn outbound_cluster(
         |p| p.outlier_detection.as_ref(),
     );
     if c.lb_policy != cluster::LbPolicy::ClusterProvided as i32 {
-        apply_lb(&mut c, lb);
+        apply_lb(&mut c, lb, grpc);
     }
     apply_pool(&mut c, pool, grpc);
     if let Some(od) = outlier {
@@ -249,11 +249,18 @@ fn pick<'p, T>(
     })
 }
 
-fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
-    // Istio's default algorithm is least request; only an explicit
-    // `simple: ROUND_ROBIN` gets round robin.
+fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>, grpc: bool) {
+    // Istio's default algorithm is least request (only an explicit
+    // `simple: ROUND_ROBIN` gets round robin) — except for proxyless gRPC,
+    // whose xDS clients support only round robin and ring hash in
+    // `lb_policy`, so Istio leaves them on round robin.
+    let default = if grpc {
+        cluster::LbPolicy::RoundRobin
+    } else {
+        cluster::LbPolicy::LeastRequest
+    };
     let Some(lb) = lb else {
-        c.lb_policy = cluster::LbPolicy::LeastRequest as i32;
+        c.lb_policy = default as i32;
         return;
     };
     if let Some(hash) = &lb.consistent_hash {
@@ -277,10 +284,12 @@ fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
     }
     c.lb_policy = match lb.simple {
         Some(SimpleLb::Random) => cluster::LbPolicy::Random,
-        Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => cluster::LbPolicy::LeastRequest,
+        Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) if !grpc => {
+            cluster::LbPolicy::LeastRequest
+        }
         Some(SimpleLb::Passthrough) => cluster::LbPolicy::ClusterProvided,
         Some(SimpleLb::RoundRobin) => cluster::LbPolicy::RoundRobin,
-        _ => cluster::LbPolicy::LeastRequest,
+        _ => default,
     } as i32;
 }
 
