@@ -69,10 +69,10 @@ pub fn admin_router(s: AdminState) -> Router {
 }
 
 /// The readiness routes.
-pub fn ready_router(state: SharedState) -> Router {
+pub fn ready_router(state: SharedState, draining: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/healthz/ready", get(ready))
-        .with_state(state)
+        .with_state((state, draining))
 }
 
 /// The Prometheus routes (`/stats/prometheus`, and `/metrics` for
@@ -165,7 +165,14 @@ async fn quit(State(s): State<AdminState>) -> Response {
     "OK\n".into_response()
 }
 
-async fn ready(State(state): State<SharedState>) -> Response {
+async fn ready(State((state, draining)): State<(SharedState, watch::Receiver<bool>)>) -> Response {
+    if *draining.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining (shutting down)\n",
+        )
+            .into_response();
+    }
     if state.load().is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

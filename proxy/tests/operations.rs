@@ -674,6 +674,10 @@ fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_zero() {
             .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused),
         "a new connection after SIGTERM: {refused:?}"
     );
+    // Load balancers see the proxy leave: readiness fails while draining.
+    let (code, body) = keel_e2e::http_get(mesh.proxy.addr("ready"), "/healthz/ready").unwrap();
+    assert_eq!(code, 503, "readiness while draining: {body}");
+    assert!(body.contains("draining"), "{body}");
 
     let resp = in_flight.join().unwrap().unwrap();
     assert_eq!(resp.echo_name(), Ok("slow".to_string()));

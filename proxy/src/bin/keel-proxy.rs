@@ -115,6 +115,7 @@ async fn run(
     let (ready_listener, ready_addr) = bind("ready-addr", config.ready_addr).await?;
     let (stats_listener, stats_addr) = bind("stats-addr", config.stats_addr).await?;
     let (drain, watch) = drain::channel();
+    let (draining_tx, draining_rx) = watch::channel(false);
     let mut ports = format!("admin={admin_addr} ready={ready_addr} stats={stats_addr}");
     match config.mode {
         Mode::Sidecar => {
@@ -148,7 +149,7 @@ async fn run(
     let ready_task = tokio::spawn(admin::serve(
         "ready-addr",
         ready_listener,
-        admin::ready_router(shared.clone()),
+        admin::ready_router(shared.clone(), draining_rx),
         shutdown_rx.clone(),
     ));
     let stats_task = tokio::spawn(admin::serve(
@@ -170,6 +171,7 @@ async fn run(
         _ = quit.wait_for(|s| *s) => {}
         _ = keel_common::shutdown_signal() => {}
     }
+    draining_tx.send_replace(true);
     let active = drain.active();
     tracing::info!(
         connections = active,
