@@ -173,21 +173,7 @@ impl ChildGuard {
     /// killing it after that.
     pub fn finish(mut self, timeout: Duration) -> Result<ExitStatus> {
         drop(self.child.stdin.take());
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                self.child.kill().ok();
-                let status = self.child.wait()?;
-                bail!(
-                    "{} did not exit within {timeout:?}; killed ({status})",
-                    self.name
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(timeout)
     }
 }
 

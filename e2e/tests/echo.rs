@@ -7,7 +7,7 @@
 //! a clean exit on SIGTERM.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,51 +16,17 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keel_e2e::{ChildGuard, bin_path, line_channel};
+use keel_e2e::{Echo, spawn_echo_at};
 use keel_proto::keel::echo::v1::EchoRequest;
 use keel_proto::keel::echo::v1::echo_client::EchoClient;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A running keel-echo, killed on drop.
-struct Echo {
-    child: ChildGuard,
-    addr: SocketAddr,
-}
-
-/// Starts keel-echo on `127.0.0.1:0` with `args` and `env`, and waits for
-/// its listening line. The `ECHO_*` and proxy variables of the test's own
-/// environment are removed so only `env` applies.
+/// Starts keel-echo on `127.0.0.1:0` with `args` and `env` (see
+/// [`keel_e2e::spawn_echo_at`]).
 fn spawn_echo(args: &[&str], env: &[(&str, &str)]) -> Result<Echo> {
-    let mut cmd = Command::new(bin_path("keel-e2e", "keel-echo"));
-    cmd.args(["--listen", "127.0.0.1:0"]).args(args);
-    for key in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "ECHO_LISTEN",
-        "ECHO_NAME",
-        "ECHO_VERSION",
-        "ECHO_FAIL_PERCENT",
-        "ECHO_DELAY_MS",
-        "ECHO_DOWNSTREAM",
-    ] {
-        cmd.env_remove(key);
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = ChildGuard::spawn("keel-echo", &mut cmd, Stdio::piped())?;
-    let lines = line_channel(child.take_stdout().context("keel-echo's stdout")?);
-    let line = lines
-        .recv_timeout(Duration::from_secs(30))
-        .context("keel-echo printed no listening line within 30s")?;
-    let addr = line
-        .strip_prefix("keel-echo listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .parse()
-        .with_context(|| format!("parsing the address in {line:?}"))?;
-    Ok(Echo { child, addr })
+    spawn_echo_at("127.0.0.1:0", args, env)
 }
 
 /// What one request got back.

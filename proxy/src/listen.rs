@@ -147,33 +147,14 @@ async fn connection(
             tcp::proxy(&dp.plane, &snap, stream, peer, local, &cluster, orig_dst).await;
         }
         (Some(ChainAction::Http(HttpManager { routes, .. })), Some(h2)) => {
-            let ctx = ConnCtx {
-                plane: Arc::clone(&dp.plane),
-                access_log: dp.access_log.clone(),
-                role,
-                peer,
-                local,
-                orig_dst,
-                routes: Some(routes.clone()),
-                h2,
-            };
+            let routes = Some(routes.clone());
             drop(snap);
-            http::serve(Arc::new(ctx), stream, drain).await;
+            serve_http(&dp, stream, drain, role, peer, local, orig_dst, routes, h2).await;
         }
         (None, Some(h2)) if dst_port.is_none() || matches!(role, Role::Inbound) => {
             // Not redirected (explicit proxy, Host-addressed): per request.
-            let ctx = ConnCtx {
-                plane: Arc::clone(&dp.plane),
-                access_log: dp.access_log.clone(),
-                role,
-                peer,
-                local,
-                orig_dst,
-                routes: None,
-                h2,
-            };
             drop(snap);
-            http::serve(Arc::new(ctx), stream, drain).await;
+            serve_http(&dp, stream, drain, role, peer, local, orig_dst, None, h2).await;
         }
         (_, _)
             if matches!(
@@ -206,6 +187,31 @@ async fn connection(
             );
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http(
+    dp: &DataPath,
+    stream: TcpStream,
+    drain: drain::Watch,
+    role: Role,
+    peer: SocketAddr,
+    local: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    routes: Option<crate::state::listener::RouteSource>,
+    h2: bool,
+) {
+    let ctx = ConnCtx {
+        plane: Arc::clone(&dp.plane),
+        access_log: dp.access_log.clone(),
+        role,
+        peer,
+        local,
+        orig_dst,
+        routes,
+        h2,
+    };
+    http::serve(Arc::new(ctx), stream, drain).await;
 }
 
 async fn wait_ready(plane: &Plane) -> bool {
