@@ -64,12 +64,12 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
     };
     let snap = conn.plane.snapshot();
     if req.method() == Method::CONNECT {
-        return connect_tunnel(&ctx, snap, req);
+        return connect_tunnel(&mut ctx, snap, req);
     }
     let authority = authority_of(&req).to_ascii_lowercase();
     let Some(table) = route_table(&conn, &snap, &authority) else {
         let detail = format!("no listener routes HTTP for {authority:?}");
-        return proxy_error(&mut ctx, &snap, None, ErrorCode::NoRoute, &detail);
+        return proxy_error(&mut ctx, None, ErrorCode::NoRoute, &detail);
     };
     let path_and_query = req
         .uri()
@@ -94,7 +94,7 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
             "route table {:?} has no route for {authority:?} {path_and_query}",
             table.name
         );
-        return proxy_error(&mut ctx, &snap, None, ErrorCode::NoRoute, &detail);
+        return proxy_error(&mut ctx, None, ErrorCode::NoRoute, &detail);
     };
     if let Some(e) = ctx.log.as_mut() {
         e.route_name = route.name.clone();
@@ -108,7 +108,7 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
                 resp.headers_mut(),
                 &[&route.response_headers, &vh.response_headers],
             );
-            local_response(&mut ctx, &snap, resp, flags::NONE)
+            local_response(&mut ctx, resp, flags::NONE)
         }
         Action::Redirect(r) => {
             let (status, location) = router::redirect(r, route, &info);
@@ -121,7 +121,7 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
                 resp.headers_mut(),
                 &[&route.response_headers, &vh.response_headers],
             );
-            local_response(&mut ctx, &snap, resp, flags::NONE)
+            local_response(&mut ctx, resp, flags::NONE)
         }
         Action::Forward(fwd) => {
             let hash = router::request_hash(&fwd.hash_policies, &info);
@@ -184,7 +184,7 @@ async fn forward(
     let wc = router::pick_cluster_random(fwd);
     let Some(upstream) = snap.upstreams.get(&wc.name) else {
         let detail = format!("route {:?} names unknown cluster {:?}", route.name, wc.name);
-        return proxy_error(&mut ctx, snap, None, ErrorCode::NoCluster, &detail);
+        return proxy_error(&mut ctx, None, ErrorCode::NoCluster, &detail);
     };
     let h2 = match upstream.cluster.protocol {
         UpstreamProtocol::Http2 => true,
@@ -194,12 +194,12 @@ async fn forward(
     match upstream.admit(h2) {
         Ok(a) => ctx.active = Some(a),
         Err(detail) => {
-            return proxy_error(&mut ctx, snap, Some(upstream), ErrorCode::Overflow, &detail);
+            return proxy_error(&mut ctx, Some(upstream), ErrorCode::Overflow, &detail);
         }
     }
     let (addr, host, inflight) = match pick(&ctx, upstream, hash.hash, &authority).await {
         Ok(p) => p,
-        Err((code, detail)) => return proxy_error(&mut ctx, snap, Some(upstream), code, &detail),
+        Err((code, detail)) => return proxy_error(&mut ctx, Some(upstream), code, &detail),
     };
     ctx.inflight = inflight;
     let pool = match &host.pool {
@@ -253,7 +253,7 @@ async fn forward(
     };
     let Ok(uri) = uri else {
         let detail = format!("cannot form an upstream URI from {authority:?} {path:?}");
-        return proxy_error(&mut ctx, snap, Some(upstream), ErrorCode::NoRoute, &detail);
+        return proxy_error(&mut ctx, Some(upstream), ErrorCode::NoRoute, &detail);
     };
     if h2 {
         headers.remove(header::HOST);
@@ -282,7 +282,7 @@ async fn forward(
                     "no response from {addr} ({}) within the route timeout {t:?}",
                     cluster.name
                 );
-                return proxy_error(&mut ctx, snap, Some(upstream), ErrorCode::Timeout, &detail);
+                return proxy_error(&mut ctx, Some(upstream), ErrorCode::Timeout, &detail);
             }
         },
         None => sent.await,
@@ -296,7 +296,7 @@ async fn forward(
                 ErrorCode::UpstreamReset
             };
             let detail = format!("{} ({})", e, cluster.name);
-            return proxy_error(&mut ctx, snap, Some(upstream), code, &detail);
+            return proxy_error(&mut ctx, Some(upstream), code, &detail);
         }
     };
 
@@ -566,7 +566,6 @@ fn entry(conn: &ConnCtx, req: &Request<Incoming>) -> Entry {
 /// Answers with the proxy's own error for `code`, records and logs it.
 fn proxy_error(
     ctx: &mut Ctx<'_>,
-    snap: &Snapshot,
     upstream: Option<&Arc<Upstream>>,
     code: ErrorCode,
     detail: &str,
@@ -584,17 +583,11 @@ fn proxy_error(
         Some(u) => u.unknown.clone(),
         None => ctx.conn.plane.unrouted(ctx.conn.role == Role::Inbound),
     };
-    let _ = snap;
     finish_with(ctx, &host, resp, code.as_str())
 }
 
 /// A response the proxy built (direct response, redirect).
-fn local_response(
-    ctx: &mut Ctx<'_>,
-    _snap: &Snapshot,
-    resp: Response<Body>,
-    flags: &'static str,
-) -> Response<Body> {
+fn local_response(ctx: &mut Ctx<'_>, resp: Response<Body>, flags: &'static str) -> Response<Body> {
     let host = ctx.conn.plane.unrouted(ctx.conn.role == Role::Inbound);
     finish_with(ctx, &host, resp, flags)
 }
@@ -639,7 +632,7 @@ fn finish_with(
 /// behind `host:port` (its TCP chain's cluster, or the cluster its HTTP
 /// route picks), or straight to `host:port` when the mesh does not know it.
 fn connect_tunnel(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     snap: Arc<Snapshot>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -648,18 +641,9 @@ fn connect_tunnel(
         .authority()
         .map(|a| a.as_str().to_ascii_lowercase());
     let Some(target) = target.filter(|t| t.contains(':')) else {
-        let mut ctx = Ctx {
-            conn: ctx.conn,
-            start: ctx.start,
-            grpc: false,
-            request_bytes: Arc::clone(&ctx.request_bytes),
-            log: None,
-            inflight: None,
-            active: None,
-        };
+        ctx.grpc = false;
         return proxy_error(
-            &mut ctx,
-            &snap,
+            ctx,
             None,
             ErrorCode::NoRoute,
             "CONNECT needs a host:port target",
