@@ -46,11 +46,6 @@ impl Watch {
     pub async fn signaled(&mut self) {
         let _ = self.rx.wait_for(|d| *d).await;
     }
-
-    /// Whether draining has started.
-    pub fn is_draining(&self) -> bool {
-        *self.rx.borrow()
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 pub mod pool;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -235,18 +235,21 @@ impl Plane {
         self.state.load().is_ready()
     }
 
-    /// The snapshot of the current state. When the state changed since the
-    /// last build, one caller rebuilds while the others keep using the
-    /// previous snapshot rather than wait.
+    /// The snapshot of the current state, rebuilt first when the state
+    /// changed since the last build. Concurrent callers wait for the one
+    /// rebuilding (a rebuild reuses every unchanged upstream, so it is
+    /// short) rather than route by a stale snapshot: right after the first
+    /// configuration that would be an empty one.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let snap = self.current.load_full();
         let state = self.state.load();
         if Arc::ptr_eq(&snap.state, &state) {
             return snap;
         }
-        let Ok(_building) = self.build.try_lock() else {
-            return snap;
-        };
+        let _building = self
+            .build
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Re-read under the lock: another caller may have just built it.
         let snap = self.current.load_full();
         let state = self.state.load_full();
@@ -373,13 +376,8 @@ fn new_upstream(
     }
 }
 
-/// Whether `ip` is one of this machine's addresses we must not connect
-/// back to through an original-destination cluster (the listener itself).
+/// Whether `dst` is the listener the connection arrived on (a connection
+/// that was not redirected): connecting there would loop.
 pub fn is_self(dst: SocketAddr, local: SocketAddr) -> bool {
     dst == local
-        || (dst.port() == local.port() && local.ip().is_unspecified() && is_local(dst.ip()))
-}
-
-fn is_local(ip: IpAddr) -> bool {
-    ip.is_loopback() || ip.is_unspecified()
 }

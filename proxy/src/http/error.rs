@@ -24,8 +24,6 @@ pub enum ErrorCode {
     Timeout,
     /// A circuit breaker of the cluster is full.
     Overflow,
-    /// The proxy has no configuration yet.
-    NotReady,
 }
 
 impl ErrorCode {
@@ -39,7 +37,6 @@ impl ErrorCode {
             Self::UpstreamReset => flags::UPSTREAM_CONNECTION_TERMINATION,
             Self::Timeout => flags::UPSTREAM_REQUEST_TIMEOUT,
             Self::Overflow => flags::UPSTREAM_OVERFLOW,
-            Self::NotReady => flags::NOT_READY,
         }
     }
 
@@ -52,8 +49,7 @@ impl ErrorCode {
             | Self::NoHealthyUpstream
             | Self::ConnectFailure
             | Self::UpstreamReset
-            | Self::Overflow
-            | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Overflow => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

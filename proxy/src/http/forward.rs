@@ -226,7 +226,7 @@ async fn forward(
             &vh.request_headers,
         ],
     );
-    prepare_headers(&mut headers, ctx.conn, vh);
+    prepare_headers(&mut headers, vh);
     let path = parts
         .uri
         .path_and_query()
@@ -494,7 +494,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Envoy's standard request headers: `x-request-id`, `x-forwarded-proto`,
 /// `x-envoy-attempt-count` when the virtual host asks for it.
-fn prepare_headers(headers: &mut HeaderMap, conn: &ConnCtx, vh: &VirtualHost) {
+fn prepare_headers(headers: &mut HeaderMap, vh: &VirtualHost) {
     if !headers.contains_key("x-request-id")
         && let Ok(v) = HeaderValue::from_bytes(&request_id())
     {
@@ -505,9 +505,6 @@ fn prepare_headers(headers: &mut HeaderMap, conn: &ConnCtx, vh: &VirtualHost) {
     }
     if vh.include_attempt_count {
         headers.insert("x-envoy-attempt-count", HeaderValue::from_static("1"));
-    }
-    if conn.role == Role::Inbound {
-        headers.remove("x-envoy-decorator-operation");
     }
 }
 
