@@ -10,6 +10,7 @@
 //! and carrying least-request counts over when only endpoints changed.
 //! Requests already running keep the snapshot they started with.
 
+pub mod h1;
 pub mod pool;
 
 use std::collections::HashMap;

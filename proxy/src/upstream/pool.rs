@@ -2,27 +2,26 @@
 //! multiplexed HTTP/2 connection, shared by every cluster that contains the
 //! endpoint (subsets included).
 //!
-//! An HTTP/1.1 connection goes back to the idle list when the response body
-//! it carried has been read to the end; a response dropped half-read closes
-//! its connection. The HTTP/2 connection is replaced when it closes.
+//! HTTP/1.1 exchanges run on the request's own task (`h1`); a connection
+//! goes back to the idle list when both its request and its response are
+//! complete, and one dropped half-read is closed. Requests asking for an
+//! upgrade get a connection of their own through hyper. The HTTP/2
+//! connection is replaced when it closes.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, header};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::h1;
 use crate::http::{Body, BoxError};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -65,8 +64,8 @@ pub enum SendError {
     Reset {
         /// The endpoint.
         addr: SocketAddr,
-        /// What hyper reported.
-        source: hyper::Error,
+        /// What went wrong.
+        source: BoxError,
     },
 }
 
@@ -81,7 +80,7 @@ impl SendError {
 /// The connections to one endpoint.
 pub struct Pool {
     addr: SocketAddr,
-    idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    idle: Mutex<Vec<h1::Conn>>,
     h2: ArcSwapOption<http2::SendRequest<Body>>,
     h2_connect: tokio::sync::Mutex<()>,
 }
@@ -116,85 +115,77 @@ impl Pool {
     /// URI whose authority becomes `:authority`.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Body>,
+        req: Request<Body>,
         h2: bool,
         connect_timeout: Duration,
     ) -> Result<Response<Body>, SendError> {
-        // A pooled connection the server has just closed hands the request
-        // back unsent; it then goes out on a fresh connection (this is not
-        // a retry: nothing reached the upstream).
+        if h2 {
+            self.send_h2(req, connect_timeout).await
+        } else if req.headers().contains_key(header::UPGRADE) {
+            self.send_upgrade(req, connect_timeout).await
+        } else {
+            self.send_h1(req, connect_timeout).await
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Body>, SendError> {
+        let mut req = h1::encode(req).map_err(|source| SendError::Reset {
+            addr: self.addr,
+            source,
+        })?;
+        // A pooled connection the server closed while idle fails without a
+        // byte of answer; an idempotent request whose body was not read yet
+        // then goes out again (the last time on a fresh connection).
         let mut attempt = 0;
         loop {
             let fresh = attempt == MAX_UNSENT_REPLAYS;
             attempt += 1;
-            if h2 {
-                let mut sender = self.h2_sender(connect_timeout).await?;
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
-                    Err(mut e) => {
-                        self.h2.store(None);
-                        match e.take_message() {
-                            Some(r) if !fresh => req = r,
-                            _ => {
-                                return Err(SendError::Reset {
-                                    addr: self.addr,
-                                    source: e.into_error(),
-                                });
-                            }
-                        }
-                    }
+            let conn = match self.checkout(fresh) {
+                Some(c) => c,
+                None => h1::Conn::new(connect(self.addr, connect_timeout).await?),
+            };
+            match h1::exchange(conn, req, Arc::downgrade(self)).await {
+                Ok(resp) => return Ok(resp.map(BodyExt::boxed_unsync)),
+                Err(h1::Failure {
+                    replay: Some(r), ..
+                }) if !fresh => req = r,
+                Err(f) => {
+                    return Err(SendError::Reset {
+                        addr: self.addr,
+                        source: f.error,
+                    });
                 }
-                continue;
-            }
-            let mut sender = self.h1_sender(connect_timeout, fresh).await?;
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the upgrade.
-                        return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()));
-                    }
-                    let back = Arc::downgrade(self);
-                    return Ok(resp.map(|inner| {
-                        PooledBody {
-                            inner,
-                            back: Some((sender, back)),
-                        }
-                        .boxed_unsync()
-                    }));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(r) if !fresh => req = r,
-                    _ => {
-                        return Err(SendError::Reset {
-                            addr: self.addr,
-                            source: e.into_error(),
-                        });
-                    }
-                },
             }
         }
     }
 
-    async fn h1_sender(
-        &self,
-        connect_timeout: Duration,
-        fresh: bool,
-    ) -> Result<http1::SendRequest<Body>, SendError> {
-        loop {
-            if fresh {
-                break;
-            }
-            let next = self.idle.lock().ok().and_then(|mut i| i.pop());
-            let Some(mut sender) = next else { break };
-            if sender.is_closed() {
-                continue;
-            }
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
+    /// An idle HTTP/1.1 connection the server has not closed.
+    fn checkout(&self, fresh: bool) -> Option<h1::Conn> {
+        if fresh {
+            return None;
+        }
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(conn) = idle.pop() {
+            if conn.is_reusable() {
+                return Some(conn);
             }
         }
-        let io = self.connect(connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new()
+        None
+    }
+
+    /// A request asking for an upgrade (WebSocket) goes out on a new
+    /// connection through hyper, which hands the upgraded stream over.
+    async fn send_upgrade(
+        &self,
+        req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Body>, SendError> {
+        let io = TokioIo::new(connect(self.addr, connect_timeout).await?);
+        let (mut sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|source| SendError::Handshake {
@@ -205,10 +196,48 @@ impl Pool {
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 upgrade connection ended");
             }
         });
-        Ok(sender)
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| SendError::Reset {
+                addr,
+                source: source.into(),
+            })?;
+        Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    }
+
+    async fn send_h2(
+        &self,
+        mut req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Body>, SendError> {
+        // A connection that closed under the request hands it back unsent;
+        // it then goes out on a new connection (not a retry: nothing
+        // reached the upstream).
+        let mut attempt = 0;
+        loop {
+            let last = attempt == MAX_UNSENT_REPLAYS;
+            attempt += 1;
+            let mut sender = self.h2_sender(connect_timeout).await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                Err(mut e) => {
+                    self.h2.store(None);
+                    match e.take_message() {
+                        Some(r) if !last => req = r,
+                        _ => {
+                            return Err(SendError::Reset {
+                                addr: self.addr,
+                                source: e.into_error().into(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
     }
 
     async fn h2_sender(
@@ -227,7 +256,7 @@ impl Pool {
         {
             return Ok(http2::SendRequest::clone(s));
         }
-        let io = self.connect(connect_timeout).await?;
+        let io = TokioIo::new(connect(self.addr, connect_timeout).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
@@ -246,19 +275,12 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<TokioIo<TcpStream>, SendError> {
-        let stream = connect(self.addr, timeout).await?;
-        Ok(TokioIo::new(stream))
-    }
-
-    fn put_back(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Keeps a connection whose exchange completed for the next request.
+    pub(super) fn put_back(&self, conn: h1::Conn) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 }
@@ -272,55 +294,4 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, S
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-/// An HTTP/1.1 response body that returns its connection to the pool once
-/// read to the end.
-struct PooledBody {
-    inner: Incoming,
-    back: Option<(http1::SendRequest<Body>, Weak<Pool>)>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some((sender, pool)) = self.back.take()
-            && let Some(pool) = pool.upgrade()
-        {
-            pool.put_back(sender);
-        }
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
-        }
-        polled.map_err(BoxError::from)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.release();
-        }
-    }
 }
