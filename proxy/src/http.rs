@@ -96,8 +96,12 @@ pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch
             }
         }
     } else {
+        // Without writev hyper copies the response head and body into one
+        // buffer and writes it with one `send`: cheaper than `writev` for
+        // the small responses most requests get.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
+            .writev(false)
             .serve_connection(io, svc)
             .with_upgrades();
         tokio::pin!(conn);

@@ -69,7 +69,7 @@ pub struct Completion {
     /// Response header bytes.
     pub response_header_bytes: u64,
     /// The access-log entry, when access logging is on.
-    pub log: Option<(AccessLog, Entry)>,
+    pub log: Option<(AccessLog, Box<Entry>)>,
     /// The endpoint's active-request count, released with the response.
     pub inflight: Option<crate::balance::InFlight>,
     /// The cluster's circuit-breaker count, released with the response.
@@ -89,7 +89,7 @@ impl Completion {
             .record(outcome, duration, request_bytes, response_bytes);
         if let Some((log, mut entry)) = self.log {
             entry.finish(outcome, duration, request_bytes, response_bytes);
-            log.write(entry);
+            log.write(*entry);
         }
     }
 }

@@ -26,15 +26,19 @@ use crate::tcp;
 use crate::upstream::{Active, Host, Snapshot, Upstream, is_self};
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
 ];
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 /// What the handler carries from the request to its completion record.
 struct Ctx<'a> {
@@ -42,7 +46,8 @@ struct Ctx<'a> {
     start: Instant,
     grpc: bool,
     request_bytes: Arc<AtomicU64>,
-    log: Option<Entry>,
+    /// Boxed: it is large, and only there when access logging is on.
+    log: Option<Box<Entry>>,
     /// Counts the request as active on its endpoint (least request).
     inflight: Option<InFlight>,
     /// Counts the request against its cluster's circuit breakers.
@@ -58,7 +63,10 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
         start,
         grpc,
         request_bytes: Arc::new(AtomicU64::new(header_bytes)),
-        log: conn.access_log.as_ref().map(|_| entry(&conn, &req)),
+        log: conn
+            .access_log
+            .as_ref()
+            .map(|_| Box::new(entry(&conn, &req))),
         inflight: None,
         active: None,
     };
@@ -125,7 +133,10 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
         }
         Action::Forward(fwd) => {
             let hash = router::request_hash(&fwd.hash_policies, &info);
-            forward(ctx, &snap, vh, route, fwd, req, authority, hash).await
+            // Boxed: the forwarding future is several KiB, and hyper moves
+            // the request's future around (into a task for HTTP/2); a
+            // pointer moves cheaper than the whole state.
+            Box::pin(forward(ctx, &snap, vh, route, fwd, req, authority, hash)).await
         }
     }
 }
@@ -197,7 +208,13 @@ async fn forward(
             return proxy_error(&mut ctx, Some(upstream), ErrorCode::Overflow, &detail);
         }
     }
-    let (addr, host, inflight) = match pick(&ctx, upstream, hash.hash, &authority).await {
+    // Balanced clusters pick synchronously; the resolving kinds (original
+    // destination, DNS) are boxed so their futures do not grow this one.
+    let picked = match &upstream.cluster.discovery {
+        Discovery::Eds { .. } | Discovery::Static(_) => balanced(upstream, hash.hash),
+        _ => Box::pin(pick(&ctx, upstream, hash.hash, &authority)).await,
+    };
+    let (addr, host, inflight) = match picked {
         Ok(p) => p,
         Err((code, detail)) => return proxy_error(&mut ctx, Some(upstream), code, &detail),
     };
@@ -227,38 +244,54 @@ async fn forward(
         ],
     );
     prepare_headers(&mut headers, vh);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let path = router::rewrite_path(route, fwd, &path).unwrap_or(path);
-    let authority = wc
+    let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let rewritten_path = router::rewrite_path(route, fwd, original);
+    let rewritten_authority = wc
         .host_rewrite
         .clone()
-        .or_else(|| router::rewrite_authority(fwd, &headers, None))
-        .unwrap_or(authority);
+        .or_else(|| router::rewrite_authority(fwd, &headers, None));
     if let Some(e) = ctx.log.as_mut() {
         e.request_id = header_str(&headers, "x-request-id");
     }
 
-    let uri = if h2 {
-        Uri::builder()
-            .scheme("http")
-            .authority(authority.as_str())
-            .path_and_query(path.as_str())
-            .build()
-    } else {
-        Uri::builder().path_and_query(path.as_str()).build()
+    let uri = match (h2, rewritten_path) {
+        // HTTP/1.1 writes only the path and query: an unrewritten URI goes
+        // out as it came (absolute-form included).
+        (false, None) => Ok(parts.uri.clone()),
+        (false, Some(path)) => Uri::try_from(path).map_err(|_| ()),
+        (true, path) => {
+            let authority = rewritten_authority.as_deref().unwrap_or(&authority);
+            let path = path.as_deref().unwrap_or(original);
+            Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| ())
+        }
     };
     let Ok(uri) = uri else {
-        let detail = format!("cannot form an upstream URI from {authority:?} {path:?}");
+        let detail = format!(
+            "cannot form an upstream URI from {authority:?} {:?}",
+            parts.uri
+        );
         return proxy_error(&mut ctx, Some(upstream), ErrorCode::NoRoute, &detail);
     };
     if h2 {
         headers.remove(header::HOST);
-    } else if let Ok(v) = HeaderValue::from_str(&authority) {
-        headers.insert(header::HOST, v);
+    } else {
+        // `Host` carries the authority: the rewritten one, else the
+        // request's (an HTTP/2 or absolute-form request may have none).
+        let host = match &rewritten_authority {
+            Some(a) => HeaderValue::from_str(a).ok(),
+            None if parts.uri.authority().is_some() || !headers.contains_key(header::HOST) => {
+                HeaderValue::from_str(&authority).ok()
+            }
+            None => None,
+        };
+        if let Some(v) = host {
+            headers.insert(header::HOST, v);
+        }
     }
     let body = Counted::new(body, Arc::clone(&ctx.request_bytes))
         .map_err(super::BoxError::from)
@@ -380,7 +413,18 @@ async fn pick(
         Discovery::LogicalDns { host, port } => dns_pick(upstream, host, *port)
             .await
             .map(|(a, h)| (a, h, None)),
-        _ => {
+        _ => balanced(upstream, hash),
+    }
+}
+
+/// Picks an endpoint of a balanced (EDS, static) cluster.
+fn balanced(
+    upstream: &Upstream,
+    hash: Option<u64>,
+) -> Result<(SocketAddr, Host, Option<InFlight>), (ErrorCode, String)> {
+    let cluster = &upstream.cluster;
+    {
+        {
             // Without a hash (no policy produced one) the balancer picks at
             // random, as Envoy does.
             let hash = match cluster.lb {
@@ -456,12 +500,17 @@ async fn resolve(authority: &str, default_port: u16) -> std::io::Result<SocketAd
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Usually there is nothing to strip: one pass over the names decides.
-    if !keep_upgrade
-        && !headers
-            .keys()
-            .any(|k| HOP_BY_HOP.contains(&k.as_str()) || k == header::UPGRADE)
-    {
+    // Usually there is nothing to strip, or only `connection`: one pass
+    // over the names decides, comparing names rather than strings.
+    let mut found = false;
+    let mut only_connection = true;
+    for k in headers.keys() {
+        if k == header::UPGRADE || HOP_BY_HOP.contains(k) {
+            found = true;
+            only_connection &= k == header::CONNECTION;
+        }
+    }
+    if !found && !keep_upgrade {
         return;
     }
     // Headers named in `Connection` are hop-by-hop too.
@@ -470,11 +519,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .filter(|n| n != header::UPGRADE)
         .collect();
     for n in named {
         headers.remove(n);
+    }
+    if only_connection && !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        return;
     }
     let is_trailers_te = headers
         .get(header::TE)
@@ -495,16 +550,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Envoy's standard request headers: `x-request-id`, `x-forwarded-proto`,
 /// `x-envoy-attempt-count` when the virtual host asks for it.
 fn prepare_headers(headers: &mut HeaderMap, vh: &VirtualHost) {
-    if !headers.contains_key("x-request-id")
+    if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID)
         && let Ok(v) = HeaderValue::from_bytes(&request_id())
     {
-        headers.insert("x-request-id", v);
+        slot.insert(v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
     if vh.include_attempt_count {
-        headers.insert("x-envoy-attempt-count", HeaderValue::from_static("1"));
+        headers.insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from_static("1"));
     }
 }
 
@@ -706,5 +761,41 @@ mod tests {
         );
         assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
         assert_ne!(request_id(), request_id());
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    fn ret<F, A, B, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+    fn ret3<F, A, B, C, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+    fn ret4<F, A, B, C, D, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn ret8<F, A, B, C, D, E, G, H, I, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E, G, H, I) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+    #[test]
+    fn sizes() {
+        eprintln!("handle {}", ret(super::handle));
+        eprintln!("connect {}", ret(crate::upstream::pool::connect));
+        eprintln!("send {}", ret4(crate::upstream::pool::Pool::send));
+        eprintln!("exchange {}", ret3(crate::upstream::h1::exchange));
+        eprintln!("forward {}", ret8(super::forward));
     }
 }

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Weak;
 use std::task::{Context, Poll, Waker, ready};
@@ -328,14 +329,22 @@ impl Exchange {
                 return Poll::Ready(());
             }
             while !self.writes.is_empty() {
-                let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
-                let n = self
-                    .writes
-                    .iter()
-                    .zip(slices.iter_mut())
-                    .map(|(b, s)| *s = IoSlice::new(b))
-                    .count();
-                match Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices[..n]) {
+                let io = Pin::new(&mut self.conn.io);
+                // One buffer (a bodiless request's head) goes out with
+                // `send`, cheaper in the kernel than `writev`.
+                let polled = if self.writes.len() == 1 {
+                    io.poll_write(cx, &self.writes[0])
+                } else {
+                    let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+                    let n = self
+                        .writes
+                        .iter()
+                        .zip(slices.iter_mut())
+                        .map(|(b, s)| *s = IoSlice::new(b))
+                        .count();
+                    io.poll_write_vectored(cx, &slices[..n])
+                };
+                match polled {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(0)) => {
                         self.send_error = Some(io::ErrorKind::WriteZero.into());
@@ -492,9 +501,16 @@ impl Exchange {
     /// Parses a complete response head from the buffer, if there is one.
     fn parse_head(&mut self) -> Result<Option<http::response::Parts>, BoxError> {
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut fields);
-            let len = match resp.parse(&self.conn.rbuf) {
+            // Uninitialised: zeroing room for every possible field costs
+            // more than parsing the few a response has.
+            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                &self.conn.rbuf,
+                &mut fields,
+            );
+            let len = match parsed {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(format!("malformed response head: {e}").into()),

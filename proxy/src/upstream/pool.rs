@@ -119,10 +119,13 @@ impl Pool {
         h2: bool,
         connect_timeout: Duration,
     ) -> Result<Response<Body>, SendError> {
+        // The HTTP/2 and upgrade paths hold hyper's futures, several times
+        // the size of the HTTP/1.1 one: boxed, they do not grow the future
+        // every request's task carries (and copies when spawned).
         if h2 {
-            self.send_h2(req, connect_timeout).await
+            Box::pin(self.send_h2(req, connect_timeout)).await
         } else if req.headers().contains_key(header::UPGRADE) {
-            self.send_upgrade(req, connect_timeout).await
+            Box::pin(self.send_upgrade(req, connect_timeout)).await
         } else {
             self.send_h1(req, connect_timeout).await
         }
@@ -146,7 +149,7 @@ impl Pool {
             attempt += 1;
             let conn = match self.checkout(fresh) {
                 Some(c) => c,
-                None => h1::Conn::new(connect(self.addr, connect_timeout).await?),
+                None => h1::Conn::new(Box::pin(connect(self.addr, connect_timeout)).await?),
             };
             match h1::exchange(conn, req, Arc::downgrade(self)).await {
                 Ok(resp) => return Ok(resp.map(BodyExt::boxed_unsync)),
