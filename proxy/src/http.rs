@@ -17,7 +17,6 @@ mod forward;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request};
@@ -83,9 +82,11 @@ pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch
         async move { Ok::<_, Infallible>(forward::handle(ctx, req).await) }
     });
     let result = if h2 {
+        // No keep-alive PINGs (Envoy sends none downstream by default
+        // either): with them on, hyper locks a shared record and reads the
+        // clock for every frame received.
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(60)))
             .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
