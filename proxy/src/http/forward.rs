@@ -293,9 +293,14 @@ async fn forward(
             headers.insert(header::HOST, v);
         }
     }
-    let body = Counted::new(body, Arc::clone(&ctx.request_bytes))
-        .map_err(super::BoxError::from)
-        .boxed_unsync();
+    // An empty body (most requests) needs no counting.
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        super::empty()
+    } else {
+        Counted::new(body, Arc::clone(&ctx.request_bytes))
+            .map_err(super::BoxError::from)
+            .boxed_unsync()
+    };
     let mut up = Request::new(body);
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
@@ -566,18 +571,19 @@ fn prepare_headers(headers: &mut HeaderMap, vh: &VirtualHost) {
 /// A random UUID (version 4) for `x-request-id`.
 fn request_id() -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bits = fastrand::u128(..);
+    let mut bytes = fastrand::u128(..).to_be_bytes();
     // Version 4, variant 10xx.
-    bits = (bits & !(0xf << 76)) | (0x4 << 76);
-    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let mut out = [b'-'; 36];
-    let mut nibble = 32;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    let mut o = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            o += 1;
         }
-        nibble -= 1;
-        *slot = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        out[o] = HEX[usize::from(b >> 4)];
+        out[o + 1] = HEX[usize::from(b & 0xf)];
+        o += 2;
     }
     out
 }

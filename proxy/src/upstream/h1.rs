@@ -238,6 +238,9 @@ struct Exchange {
     was_reused: bool,
     // The request side.
     head: Bytes,
+    /// What is left to write of the head.
+    head_out: Bytes,
+    /// Encoded body pieces not written yet.
     writes: VecDeque<Bytes>,
     framing: Framing,
     body: Option<Body>,
@@ -280,8 +283,6 @@ enum Chunk {
 impl Exchange {
     fn new(mut conn: Conn, req: Encoded) -> Self {
         let was_reused = std::mem::replace(&mut conn.reused, true);
-        let mut writes = VecDeque::with_capacity(4);
-        writes.push_back(req.head.clone());
         let body = match req.framing {
             Framing::Empty => None,
             _ => Some(req.body),
@@ -289,8 +290,9 @@ impl Exchange {
         Self {
             conn,
             was_reused,
+            head_out: req.head.clone(),
             head: req.head,
-            writes,
+            writes: VecDeque::new(),
             framing: req.framing,
             body,
             body_touched: false,
@@ -318,7 +320,8 @@ impl Exchange {
     }
 
     fn sending(&self) -> bool {
-        self.send_error.is_none() && (!self.writes.is_empty() || self.body.is_some())
+        self.send_error.is_none()
+            && (!self.head_out.is_empty() || !self.writes.is_empty() || self.body.is_some())
     }
 
     /// Writes as much of the request as the socket and the body allow.
@@ -328,10 +331,24 @@ impl Exchange {
             if self.send_error.is_some() {
                 return Poll::Ready(());
             }
+            // The head alone goes out with `send`, cheaper in the kernel
+            // than `writev` (most requests have no body).
+            while !self.head_out.is_empty() {
+                match Pin::new(&mut self.conn.io).poll_write(cx, &self.head_out) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => {
+                        self.send_error = Some(io::ErrorKind::WriteZero.into());
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(Ok(n)) => self.head_out.advance(n),
+                    Poll::Ready(Err(e)) => {
+                        self.send_error = Some(e);
+                        return Poll::Ready(());
+                    }
+                }
+            }
             while !self.writes.is_empty() {
                 let io = Pin::new(&mut self.conn.io);
-                // One buffer (a bodiless request's head) goes out with
-                // `send`, cheaper in the kernel than `writev`.
                 let polled = if self.writes.len() == 1 {
                     io.poll_write(cx, &self.writes[0])
                 } else {
@@ -754,6 +771,7 @@ impl Exchange {
         self.decoder == Decoder::Done
             && self.keep_alive
             && self.send_error.is_none()
+            && self.head_out.is_empty()
             && self.writes.is_empty()
             && self.body.is_none()
     }
@@ -857,3 +875,6 @@ impl Drop for ResponseBody {
         self.release();
     }
 }
+
+#[cfg(test)]
+mod tests;
