@@ -126,7 +126,7 @@ pub fn encode(req: Request<Body>) -> Result<Encoded, BoxError> {
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|s| parse_length(s.trim(), 10))
                 .ok_or("the request's content-length is not a number")?,
         ),
         None => None,
@@ -246,6 +246,9 @@ struct Exchange {
     body: Option<Body>,
     body_touched: bool,
     send_error: Option<io::Error>,
+    /// The request body failed (or broke its framing): the upstream would
+    /// wait for the rest forever, so the exchange fails with this.
+    aborted: Option<String>,
     idempotent: bool,
     head_method: bool,
     // The response side.
@@ -297,6 +300,7 @@ impl Exchange {
             body,
             body_touched: false,
             send_error: None,
+            aborted: None,
             idempotent: req.idempotent,
             head_method: req.head_method,
             read_any: false,
@@ -321,6 +325,7 @@ impl Exchange {
 
     fn sending(&self) -> bool {
         self.send_error.is_none()
+            && self.aborted.is_none()
             && (!self.head_out.is_empty() || !self.writes.is_empty() || self.body.is_some())
     }
 
@@ -328,7 +333,7 @@ impl Exchange {
     /// A write failure stops sending (the server may still answer).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if self.send_error.is_some() {
+            if self.send_error.is_some() || self.aborted.is_some() {
                 return Poll::Ready(());
             }
             // The head alone goes out with `send`, cheaper in the kernel
@@ -395,7 +400,7 @@ impl Exchange {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         if let Err(e) = self.queue_data(data) {
-                            self.send_error = Some(e);
+                            self.aborted = Some(e);
                         }
                     }
                     Err(frame) => {
@@ -407,14 +412,13 @@ impl Exchange {
                     }
                 },
                 Some(Err(e)) => {
-                    self.send_error =
-                        Some(io::Error::other(format!("reading the request body: {e}")));
+                    self.aborted = Some(format!("reading the request body: {e}"));
                 }
                 None => {
                     if let Framing::Length(left @ 1..) = self.framing {
-                        self.send_error = Some(io::Error::other(format!(
+                        self.aborted = Some(format!(
                             "the request body ended {left} bytes short of its content-length"
-                        )));
+                        ));
                     } else if self.framing == Framing::Chunked {
                         self.queue_end(None);
                     }
@@ -424,7 +428,7 @@ impl Exchange {
         }
     }
 
-    fn queue_data(&mut self, data: Bytes) -> io::Result<()> {
+    fn queue_data(&mut self, data: Bytes) -> Result<(), String> {
         if data.is_empty() {
             return Ok(());
         }
@@ -432,9 +436,7 @@ impl Exchange {
             Framing::Length(left) => {
                 let n = data.len() as u64;
                 if n > *left {
-                    return Err(io::Error::other(
-                        "the request body is longer than its content-length",
-                    ));
+                    return Err("the request body is longer than its content-length".to_string());
                 }
                 *left -= n;
                 self.writes.push_back(data);
@@ -486,6 +488,9 @@ impl Exchange {
             if self.sending() {
                 let _ = self.poll_send(cx);
             }
+            if let Some(why) = self.aborted.take() {
+                return Poll::Ready(Err(why.into()));
+            }
             if let Some(parts) = self.parse_head()? {
                 return Poll::Ready(Ok(parts));
             }
@@ -532,6 +537,11 @@ impl Exchange {
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(format!("malformed response head: {e}").into()),
             };
+            if len > MAX_HEAD {
+                return Err(
+                    format!("the response head is larger than {} KiB", MAX_HEAD / 1024).into(),
+                );
+            }
             let code = resp.code.unwrap_or(0);
             let version = resp.version.unwrap_or(1);
             // Header positions, so the values can share the head's bytes.
@@ -570,6 +580,14 @@ impl Exchange {
             }
             self.keep_alive = keeps_alive(version, &headers);
             self.decoder = self.body_decoder(status, &headers)?;
+            if headers.contains_key(header::TRANSFER_ENCODING)
+                && headers.remove(header::CONTENT_LENGTH).is_some()
+            {
+                // Transfer-Encoding wins; the length is not forwarded, and
+                // a connection that sent both is not trusted again
+                // (RFC 9112 §6.3).
+                self.keep_alive = false;
+            }
             let mut parts = Response::new(()).into_parts().0;
             parts.status = status;
             parts.version = if version == 0 {
@@ -611,7 +629,7 @@ impl Exchange {
             let n = first
                 .to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|s| parse_length(s.trim(), 10))
                 .ok_or("the response's content-length is not a number")?;
             if lengths.any(|other| other != first) {
                 return Err("the response has conflicting content-length headers".into());
@@ -630,6 +648,9 @@ impl Exchange {
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.sending() {
             let _ = self.poll_send(cx);
+        }
+        if let Some(why) = self.aborted.take() {
+            return Poll::Ready(Some(Err(why.into())));
         }
         loop {
             match self.decoder {
@@ -696,8 +717,8 @@ impl Exchange {
                     let line = &buf[..end];
                     let digits = line.split(|b| *b == b';').next().unwrap_or(&[]);
                     let digits = std::str::from_utf8(digits).unwrap_or("").trim();
-                    let size = u64::from_str_radix(digits, 16)
-                        .map_err(|_| format!("invalid chunk size {digits:?}"))?;
+                    let size = parse_length(digits, 16)
+                        .ok_or_else(|| format!("invalid chunk size {digits:?}"))?;
                     buf.advance(end + 2);
                     state = if size == 0 {
                         Chunk::Trailers
@@ -775,6 +796,15 @@ impl Exchange {
             && self.writes.is_empty()
             && self.body.is_none()
     }
+}
+
+/// A length of digits only (`1*DIGIT`, `1*HEXDIG`): Rust's parsers also
+/// take a leading `+`, which other hops would read differently.
+fn parse_length(s: &str, radix: u32) -> Option<u64> {
+    if s.is_empty() || !s.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(s, radix).ok()
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
