@@ -255,9 +255,11 @@ async fn forward(
     }
 
     let uri = match (h2, rewritten_path) {
-        // HTTP/1.1 writes only the path and query: an unrewritten URI goes
-        // out as it came (absolute-form included).
-        (false, None) => Ok(parts.uri.clone()),
+        // HTTP/1.1 goes out origin-form: an unrewritten origin-form URI is
+        // reused as it came; an absolute-form one (explicit proxy) keeps
+        // only its path, as hyper's client (upgrades) would send it whole.
+        (false, None) if parts.uri.authority().is_none() => Ok(parts.uri.clone()),
+        (false, None) => Uri::try_from(original).map_err(|_| ()),
         (false, Some(path)) => Uri::try_from(path).map_err(|_| ()),
         (true, path) => {
             let authority = rewritten_authority.as_deref().unwrap_or(&authority);
