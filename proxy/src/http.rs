@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod body;
 mod error;
 mod forward;
+mod streams;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 pub use error::ErrorCode;
@@ -85,15 +86,18 @@ pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch
         // No keep-alive PINGs (Envoy sends none downstream by default
         // either): with them on, hyper locks a shared record and reads the
         // clock for every frame received.
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        // Streams run on this task (see `streams`), not one task each.
+        let exec = streams::StreamExec::default();
+        let conn = hyper::server::conn::http2::Builder::new(exec.clone())
             .timer(TokioTimer::new())
             .serve_connection(io, svc);
         tokio::pin!(conn);
+        let mut serving = streams::serve_with_streams(exec, conn.as_mut());
         tokio::select! {
-            r = conn.as_mut() => r,
+            r = &mut serving => r,
             () = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                serving.conn().graceful_shutdown();
+                serving.await
             }
         }
     } else {
