@@ -13,7 +13,7 @@ pub mod access_log;
 pub mod body;
 mod error;
 mod forward;
-mod streams;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 pub use error::ErrorCode;
 
 use crate::drain;
+use crate::http2::server::{self as h2srv, RecvBody};
 use crate::state::listener::RouteSource;
 use crate::upstream::Plane;
 use access_log::AccessLog;
@@ -74,48 +75,56 @@ pub struct ConnCtx {
 
 /// Serves HTTP on `stream` until the client closes it or `drain` fires
 /// (then in-flight requests finish and the connection closes gracefully).
-pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch) {
-    let h2 = ctx.h2;
+pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, drain: drain::Watch) {
+    if ctx.h2 {
+        serve_h2(ctx, stream, drain).await;
+    } else {
+        serve_h1(ctx, stream, drain).await;
+    }
+}
+
+/// HTTP/2 with Keel's own server (`crate::http2`): every stream runs on
+/// this task, responses are pulled as the client's windows allow.
+async fn serve_h2(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch) {
     let peer = ctx.peer;
-    let io = TokioIo::new(stream);
+    let handler = move |req: Request<RecvBody>| {
+        let ctx = Arc::clone(&ctx);
+        async move { forward::handle(ctx, req).await }
+    };
+    let mut conn = h2srv::Connection::new(stream, h2srv::Config::default(), handler);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        () = drain.signaled() => {
+            conn.graceful_shutdown();
+            (&mut conn).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "downstream HTTP/2 connection ended with an error");
+    }
+}
+
+/// HTTP/1.1 with hyper's server.
+async fn serve_h1(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch) {
+    let peer = ctx.peer;
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&ctx);
         async move { Ok::<_, Infallible>(forward::handle(ctx, req).await) }
     });
-    let result = if h2 {
-        // No keep-alive PINGs (Envoy sends none downstream by default
-        // either): with them on, hyper locks a shared record and reads the
-        // clock for every frame received.
-        // Streams run on this task (see `streams`), not one task each.
-        let exec = streams::StreamExec::default();
-        let conn = hyper::server::conn::http2::Builder::new(exec.clone())
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
-        let mut serving = streams::serve_with_streams(exec, conn.as_mut());
-        tokio::select! {
-            r = &mut serving => r,
-            () = drain.signaled() => {
-                serving.conn().graceful_shutdown();
-                serving.await
-            }
-        }
-    } else {
-        // Without writev hyper copies the response head and body into one
-        // buffer and writes it with one `send`: cheaper than `writev` for
-        // the small responses most requests get.
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .writev(false)
-            .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            () = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+    // Without writev hyper copies the response head and body into one
+    // buffer and writes it with one `send`: cheaper than `writev` for the
+    // small responses most requests get.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .writev(false)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     };
     if let Err(e) = result {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod http;
+pub mod http2;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 
 use super::access_log::{AccessLog, Entry};
 use super::{Body, BoxError};
@@ -17,19 +17,23 @@ use crate::metrics::RequestRecorder;
 use crate::metrics::labels::{RequestOutcome, flags};
 
 /// A request body that counts the bytes it yields.
-pub struct Counted {
-    inner: Incoming,
+pub struct Counted<B> {
+    inner: B,
     bytes: Arc<AtomicU64>,
 }
 
-impl Counted {
+impl<B> Counted<B> {
     /// Wraps `inner`, adding to `bytes`.
-    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
         Self { inner, bytes }
     }
 }
 
-impl hyper::body::Body for Counted {
+impl<B> hyper::body::Body for Counted<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -43,7 +47,7 @@ impl hyper::body::Body for Counted {
         {
             self.bytes.fetch_add(data.len() as u64, Relaxed);
         }
-        polled.map_err(BoxError::from)
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

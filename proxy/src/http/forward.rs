@@ -9,7 +9,6 @@ use std::time::{Instant, SystemTime};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::access_log::{Entry, rfc3339};
 use super::body::{Completion, Counted, Observed};
@@ -36,6 +35,20 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// A downstream request body: hyper's (HTTP/1.1) or Keel's HTTP/2 server's.
+pub(super) trait ReqBody:
+    hyper::body::Body<Data = bytes::Bytes, Error: Into<super::BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> ReqBody for B where
+    B: hyper::body::Body<Data = bytes::Bytes, Error: Into<super::BoxError>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
@@ -54,7 +67,10 @@ struct Ctx<'a> {
     active: Option<Active>,
 }
 
-pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn handle<B>(conn: Arc<ConnCtx>, req: Request<B>) -> Response<Body>
+where
+    B: ReqBody,
+{
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
     let header_bytes = header_size(req.headers()) + req.uri().path().len() as u64 + 16;
@@ -143,7 +159,7 @@ pub(super) async fn handle(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Respon
 
 /// The authority a request addresses: the URI's (absolute-form, HTTP/2),
 /// else the `Host` header.
-fn authority_of(req: &Request<Incoming>) -> &str {
+fn authority_of<B>(req: &Request<B>) -> &str {
     req.uri()
         .authority()
         .map(|a| a.as_str())
@@ -182,13 +198,13 @@ fn route_table(conn: &ConnCtx, snap: &Snapshot, authority: &str) -> Option<Arc<R
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+async fn forward<B: ReqBody>(
     mut ctx: Ctx<'_>,
     snap: &Arc<Snapshot>,
     vh: &VirtualHost,
     route: &Route,
     fwd: &Forward,
-    req: Request<Incoming>,
+    req: Request<B>,
     authority: String,
     hash: router::HashOutcome,
 ) -> Response<Body> {
@@ -603,7 +619,7 @@ fn header_str(h: &HeaderMap, name: &str) -> String {
         .to_string()
 }
 
-fn entry(conn: &ConnCtx, req: &Request<Incoming>) -> Entry {
+fn entry<B>(conn: &ConnCtx, req: &Request<B>) -> Entry {
     Entry {
         start_time: rfc3339(SystemTime::now()),
         method: req.method().to_string(),
@@ -691,10 +707,10 @@ fn finish_with(
 /// `CONNECT host:port`: answer 200, then splice the tunnel to the service
 /// behind `host:port` (its TCP chain's cluster, or the cluster its HTTP
 /// route picks), or straight to `host:port` when the mesh does not know it.
-fn connect_tunnel(
+fn connect_tunnel<B: ReqBody>(
     ctx: &mut Ctx<'_>,
     snap: Arc<Snapshot>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Response<Body> {
     let target = req
         .uri()
@@ -709,10 +725,18 @@ fn connect_tunnel(
             "CONNECT needs a host:port target",
         );
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let conn_plane = Arc::clone(&ctx.conn.plane);
+    let plane = Arc::clone(&ctx.conn.plane);
     let peer = ctx.conn.peer;
     let local = ctx.conn.local;
+    if ctx.conn.h2 {
+        // HTTP/2: the tunnel is the stream itself, its DATA both ways.
+        let (io, body) = super::tunnel::H2Tunnel::new(req.into_body());
+        tokio::spawn(async move {
+            splice_tunnel(&plane, &snap, io, peer, local, &target).await;
+        });
+        return Response::new(body);
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -722,30 +746,44 @@ fn connect_tunnel(
             }
         };
         let io = hyper_util::rt::TokioIo::new(upgraded);
-        let (cluster, dst) = tcp::connect_target(&snap, &target);
-        let dst = match dst {
-            Some(d) => Some(d),
-            None if cluster.is_none() => match resolve(&target, 443).await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::info!(code = flags::NO_ROUTE_FOUND, %peer, "CONNECT {target}: cannot resolve: {e}");
-                    return;
-                }
-            },
-            None => None,
-        };
-        tcp::proxy(
-            &conn_plane,
-            &snap,
-            io,
-            peer,
-            local,
-            cluster.as_deref().unwrap_or("PassthroughCluster"),
-            dst,
-        )
-        .await;
+        splice_tunnel(&plane, &snap, io, peer, local, &target).await;
     });
     Response::new(super::empty())
+}
+
+/// Splices a `CONNECT` tunnel to the service behind `target`.
+async fn splice_tunnel<S>(
+    plane: &crate::upstream::Plane,
+    snap: &Snapshot,
+    io: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    target: &str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (cluster, dst) = tcp::connect_target(snap, target);
+    let dst = match dst {
+        Some(d) => Some(d),
+        None if cluster.is_none() => match resolve(target, 443).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::info!(code = flags::NO_ROUTE_FOUND, %peer, "CONNECT {target}: cannot resolve: {e}");
+                return;
+            }
+        },
+        None => None,
+    };
+    tcp::proxy(
+        plane,
+        snap,
+        io,
+        peer,
+        local,
+        cluster.as_deref().unwrap_or("PassthroughCluster"),
+        dst,
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -780,12 +818,20 @@ mod future_size {
         std::mem::size_of::<R>()
     }
 
-    /// hyper moves each request's future (into a task, for HTTP/2) and
-    /// tokio copies it again when it completes: the forwarding state is
-    /// boxed so that what moves stays small (it was 5.6 KiB before).
+    /// Each request's future is moved when it is boxed, and hyper moves it
+    /// again for HTTP/1.1: the forwarding state is boxed so that what
+    /// moves stays small (it was 5.6 KiB before).
     #[test]
     fn the_per_request_future_stays_small() {
-        let size = output_size(super::handle);
-        assert!(size <= 1536, "forward::handle's future is {size} bytes");
+        let h1 = output_size(super::handle::<hyper::body::Incoming>);
+        assert!(
+            h1 <= 1536,
+            "forward::handle's future is {h1} bytes (HTTP/1.1)"
+        );
+        let h2 = output_size(super::handle::<crate::http2::server::RecvBody>);
+        assert!(
+            h2 <= 1536,
+            "forward::handle's future is {h2} bytes (HTTP/2)"
+        );
     }
 }
