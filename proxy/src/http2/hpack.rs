@@ -44,10 +44,25 @@ pub enum Name {
     Protocol,
     /// A regular header (always lowercase).
     Header(HeaderName),
+    /// A name HTTP/2 forbids (uppercase, invalid characters, an unknown
+    /// pseudo-header), as sent: valid HPACK, so decoding goes on and the
+    /// dynamic table stays in sync, but the request carrying it is
+    /// malformed (RFC 9113 §8.2.1, §8.3) — a stream error, not a
+    /// connection error.
+    Malformed(Bytes),
 }
 
 impl Name {
-    /// The name as it appears on the wire (pseudo-headers with their colon).
+    /// The name's length on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Name::Malformed(raw) => raw.len(),
+            other => other.as_str().len(),
+        }
+    }
+
+    /// The name as it appears on the wire (pseudo-headers with their colon;
+    /// empty for a malformed name).
     pub fn as_str(&self) -> &str {
         match self {
             Name::Authority => ":authority",
@@ -57,6 +72,7 @@ impl Name {
             Name::Status => ":status",
             Name::Protocol => ":protocol",
             Name::Header(name) => name.as_str(),
+            Name::Malformed(_) => "",
         }
     }
 
@@ -74,31 +90,25 @@ impl Name {
     }
 
     /// A literal name from the peer.
-    fn parse(raw: &[u8]) -> Result<Name, DecodeError> {
+    fn parse(raw: &[u8]) -> Option<Name> {
         if let Some(pseudo) = raw.strip_prefix(b":") {
             return match pseudo {
-                b"authority" => Ok(Name::Authority),
-                b"method" => Ok(Name::Method),
-                b"path" => Ok(Name::Path),
-                b"scheme" => Ok(Name::Scheme),
-                b"status" => Ok(Name::Status),
-                b"protocol" => Ok(Name::Protocol),
-                _ => Err(DecodeError::UnknownPseudoHeader(lossy(raw))),
+                b"authority" => Some(Name::Authority),
+                b"method" => Some(Name::Method),
+                b"path" => Some(Name::Path),
+                b"scheme" => Some(Name::Scheme),
+                b"status" => Some(Name::Status),
+                b"protocol" => Some(Name::Protocol),
+                _ => None,
             };
         }
         // `HeaderName::from_bytes` would lowercase; RFC 9113 §8.2.1 makes
         // uppercase malformed instead.
         if raw.iter().any(u8::is_ascii_uppercase) {
-            return Err(DecodeError::InvalidHeaderName(lossy(raw)));
+            return None;
         }
-        HeaderName::from_bytes(raw)
-            .map(Name::Header)
-            .map_err(|_| DecodeError::InvalidHeaderName(lossy(raw)))
+        HeaderName::from_bytes(raw).ok().map(Name::Header)
     }
-}
-
-fn lossy(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).into_owned()
 }
 
 /// One decoded field. `value` is raw octets (the server validates them).
@@ -135,10 +145,6 @@ pub enum DecodeError {
     TableSizeAboveLimit { size: usize, limit: usize },
     #[error("HPACK dynamic table size update not at the start of the header block")]
     TableSizeUpdateNotFirst,
-    #[error("invalid header name {0:?} (uppercase or bad characters)")]
-    InvalidHeaderName(String),
-    #[error("unknown pseudo-header {0:?}")]
-    UnknownPseudoHeader(String),
 }
 
 impl From<HuffmanError> for DecodeError {
@@ -242,7 +248,7 @@ struct Table {
 }
 
 fn entry_size(name: &Name, value: &[u8]) -> usize {
-    name.as_str().len() + value.len() + ENTRY_OVERHEAD
+    name.wire_len() + value.len() + ENTRY_OVERHEAD
 }
 
 impl Table {
@@ -393,7 +399,7 @@ impl Decoder {
             };
             at_start = false;
             if complete {
-                let size = field.name.as_str().len() + field.value.len() + ENTRY_OVERHEAD;
+                let size = field.name.wire_len() + field.value.len() + ENTRY_OVERHEAD;
                 list_size = list_size.saturating_add(size);
                 if list_size <= max_list_size {
                     f(field);
@@ -415,7 +421,7 @@ impl Decoder {
         let index = decode_int(block, pos, prefix)?;
         let name = if index == 0 {
             let raw = self.string(block, pos)?;
-            Name::parse(&raw)?
+            Name::parse(&raw).unwrap_or(Name::Malformed(raw))
         } else {
             self.table.name(index)?
         };

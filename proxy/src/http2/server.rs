@@ -101,6 +101,8 @@ const BODY_HIGH_WATER: usize = 64 << 10;
 /// second (nghttp2's defaults).
 const RESET_BURST: f64 = 1000.0;
 const RESET_RATE: f64 = 33.0;
+/// Streams reset by the proxy remembered to ignore their late frames.
+const RESET_MEMORY: usize = 256;
 /// Rounds of read / run / write per poll before yielding to the runtime.
 const ROUNDS_PER_POLL: usize = 32;
 /// The opaque data of the PING sent with the first shutdown GOAWAY.
@@ -250,6 +252,9 @@ pub struct Connection<T, H: Handler> {
     hbuf: BytesMut,
     preface_done: bool,
     settings_seen: bool,
+    /// The client acknowledged our SETTINGS (until then it may send the
+    /// protocol's default 65 535 octets per stream).
+    settings_acked: bool,
     decoder: hpack::Decoder,
     partial: Option<Partial>,
     slots: Vec<Slot<H::Future, H::Body>>,
@@ -270,6 +275,8 @@ pub struct Connection<T, H: Handler> {
     conn_unacked: u32,
     reset_tokens: f64,
     reset_refilled: Instant,
+    /// Streams the proxy reset lately, whose late frames are ignored.
+    reset_recently: std::collections::VecDeque<u32>,
     shutdown: Shutdown,
     peer_gone_away: bool,
     read_closed: bool,
@@ -310,6 +317,7 @@ where
             hbuf: BytesMut::with_capacity(1024),
             preface_done: false,
             settings_seen: false,
+            settings_acked: false,
             decoder: hpack::Decoder::new(4096),
             partial: None,
             slots: Vec::new(),
@@ -328,6 +336,7 @@ where
             conn_unacked: 0,
             reset_tokens: RESET_BURST,
             reset_refilled: Instant::now(),
+            reset_recently: std::collections::VecDeque::new(),
             shutdown: Shutdown::None,
             peer_gone_away: false,
             read_closed: false,
@@ -454,7 +463,7 @@ where
                     return Err(conn_err(Reason::Protocol, "PRIORITY on stream 0"));
                 }
                 if head.len != 5 {
-                    self.reset(head.stream, Reason::FrameSize);
+                    return self.reset_for_peer(head.stream, Reason::FrameSize);
                 }
                 Ok(())
             }
@@ -513,6 +522,7 @@ where
             if !payload.is_empty() {
                 return Err(conn_err(Reason::FrameSize, "SETTINGS ACK with a payload"));
             }
+            self.settings_acked = true;
             return Ok(());
         }
         if !payload.len().is_multiple_of(6) {
@@ -598,16 +608,14 @@ where
             return Ok(());
         };
         if inc == 0 {
-            self.reset(head.stream, Reason::Protocol);
-            return Ok(());
+            return self.reset_for_peer(head.stream, Reason::Protocol);
         }
         let Some(s) = self.slots[slot].stream.as_mut() else {
             return Ok(());
         };
         s.send_window += inc;
         if s.send_window > i64::from(frame::MAX_WINDOW) {
-            self.reset(head.stream, Reason::FlowControl);
-            return Ok(());
+            return self.reset_for_peer(head.stream, Reason::FlowControl);
         }
         if !s.pending.is_empty() {
             self.ready.push(slot);
@@ -632,7 +640,12 @@ where
         self.close(slot, || {
             format!("the client reset the stream ({})", frame::code_name(code))
         });
-        // Rapid reset: streams the client cancels before their answer.
+        self.charge_reset()
+    }
+
+    /// Streams reset by the client, or by the proxy because of the
+    /// client's errors ("rapid reset", "MadeYouReset"), share one budget.
+    fn charge_reset(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         let refill = now.duration_since(self.reset_refilled).as_secs_f64() * RESET_RATE;
         self.reset_refilled = now;
@@ -640,10 +653,16 @@ where
         if self.reset_tokens < 0.0 {
             return Err(conn_err(
                 Reason::EnhanceYourCalm,
-                "too many streams reset by the client",
+                "too many streams reset by or because of the client",
             ));
         }
         Ok(())
+    }
+
+    /// Resets a stream because the client broke the protocol on it.
+    fn reset_for_peer(&mut self, id: u32, reason: Reason) -> Result<(), Error> {
+        self.reset(id, reason);
+        self.charge_reset()
     }
 
     fn data(&mut self, head: Head, payload: Bytes) -> Result<(), Error> {
@@ -674,13 +693,11 @@ where
         };
         let (true, Some(recv)) = (s.recv_open, s.recv.clone()) else {
             self.release_conn(head.len);
-            self.reset(head.stream, Reason::StreamClosed);
-            return Ok(());
+            return self.reset_for_peer(head.stream, Reason::StreamClosed);
         };
         if flow > s.recv_window {
             self.release_conn(head.len);
-            self.reset(head.stream, Reason::FlowControl);
-            return Ok(());
+            return self.reset_for_peer(head.stream, Reason::FlowControl);
         }
         s.recv_window -= flow;
         s.received += data.len() as u64;
@@ -690,8 +707,7 @@ where
         };
         if !length_ok {
             self.release_conn(head.len);
-            self.reset(head.stream, Reason::Protocol);
-            return Ok(());
+            return self.reset_for_peer(head.stream, Reason::Protocol);
         }
         s.recv_open = !end;
         let len = data.len() as u32;
@@ -759,27 +775,39 @@ where
                 .decoder
                 .decode(block, max_list, |f| t.field(f))
                 .map_err(|e| conn_err(Reason::Compression, e.to_string()))?;
-            let recv = match self.slots[slot].stream.as_mut() {
+            let (recv, length_ok) = match self.slots[slot].stream.as_mut() {
                 Some(s) if s.recv_open => {
                     s.recv_open = false;
-                    s.recv.clone()
+                    let ok = s.content_length.is_none_or(|cl| cl == s.received);
+                    (s.recv.clone(), ok)
                 }
-                _ => None,
+                _ => (None, true),
             };
             let Some(recv) = recv else {
-                self.reset(id, Reason::StreamClosed);
-                return Ok(());
+                return self.reset_for_peer(id, Reason::StreamClosed);
             };
-            if !end_stream || !complete || t.error.is_some() {
-                let why = t
-                    .error
-                    .unwrap_or_else(|| "trailers without END_STREAM or too large".to_string());
+            if !end_stream || !complete || t.error.is_some() || !length_ok {
+                let why = t.error.unwrap_or_else(|| {
+                    if length_ok {
+                        "trailers without END_STREAM or too large".to_string()
+                    } else {
+                        "request body shorter than its content-length".to_string()
+                    }
+                });
                 tracing::debug!(stream = id, "malformed HTTP/2 request trailers: {why}");
                 recv.fail(|| format!("malformed trailers: {why}"));
-                self.reset(id, Reason::Protocol);
-                return Ok(());
+                return self.reset_for_peer(id, Reason::Protocol);
             }
             recv.trailers(t.headers);
+            return Ok(());
+        }
+        if self.reset_recently.contains(&id) {
+            // A stream the proxy reset or refused: the client's frames may
+            // still be in flight. The block is decoded only to keep the
+            // HPACK table in sync.
+            self.decoder
+                .decode(block, 0, |_| {})
+                .map_err(|e| conn_err(Reason::Compression, e.to_string()))?;
             return Ok(());
         }
         if id.is_multiple_of(2) || id <= self.last_stream {
@@ -799,17 +827,17 @@ where
         self.last_stream = id;
         if self.shutdown == Shutdown::Final {
             // Past the last stream the final GOAWAY promised.
-            frame::put_rst(&mut self.wbuf, id, Reason::RefusedStream);
+            self.send_rst(id, Reason::RefusedStream);
             return Ok(());
         }
         if self.active >= self.config.max_concurrent_streams as usize {
-            frame::put_rst(&mut self.wbuf, id, Reason::RefusedStream);
+            self.send_rst(id, Reason::RefusedStream);
             return Ok(());
         }
         if !complete {
             self.respond_local(id, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             if !end_stream {
-                frame::put_rst(&mut self.wbuf, id, Reason::NoError);
+                self.send_rst(id, Reason::NoError);
             }
             return Ok(());
         }
@@ -817,8 +845,8 @@ where
             Ok(h) => h,
             Err(why) => {
                 tracing::debug!(stream = id, "malformed HTTP/2 request: {why}");
-                frame::put_rst(&mut self.wbuf, id, Reason::Protocol);
-                return Ok(());
+                self.send_rst(id, Reason::Protocol);
+                return self.charge_reset();
             }
         };
         let content_length = match head.headers.get(http::header::CONTENT_LENGTH) {
@@ -826,8 +854,8 @@ where
                 Some(n) if !end_stream || n == 0 => Some(n),
                 _ => {
                     tracing::debug!(stream = id, "HTTP/2 request with a bad content-length");
-                    frame::put_rst(&mut self.wbuf, id, Reason::Protocol);
-                    return Ok(());
+                    self.send_rst(id, Reason::Protocol);
+                    return self.charge_reset();
                 }
             },
             None => None,
@@ -854,7 +882,11 @@ where
             phase: Phase::Handling(Box::pin(fut)),
             recv_open: recv.is_some(),
             recv,
-            recv_window: i64::from(self.config.stream_window),
+            recv_window: if self.settings_acked {
+                i64::from(self.config.stream_window)
+            } else {
+                i64::from(self.config.stream_window.max(frame::DEFAULT_WINDOW))
+            },
             recv_unacked: 0,
             content_length,
             received: 0,
@@ -897,9 +929,19 @@ where
         frame::put_header_block(&mut self.wbuf, id, &self.hbuf, true, self.peer_max_frame);
     }
 
+    /// Queues RST_STREAM and remembers the stream for a while, so that
+    /// frames the client sent before seeing it are ignored.
+    fn send_rst(&mut self, id: u32, reason: Reason) {
+        frame::put_rst(&mut self.wbuf, id, reason);
+        if self.reset_recently.len() == RESET_MEMORY {
+            self.reset_recently.pop_front();
+        }
+        self.reset_recently.push_back(id);
+    }
+
     /// Sends RST_STREAM and forgets the stream.
     fn reset(&mut self, id: u32, reason: Reason) {
-        frame::put_rst(&mut self.wbuf, id, reason);
+        self.send_rst(id, reason);
         if let Some(&slot) = self.ids.get(&id) {
             self.close(slot, || {
                 format!("stream reset by the proxy ({})", reason.name())
@@ -1133,7 +1175,7 @@ where
             return;
         };
         if s.recv_open {
-            frame::put_rst(&mut self.wbuf, s.id, Reason::NoError);
+            self.send_rst(s.id, Reason::NoError);
         }
         self.close(slot, || "the response ended first".to_string());
     }

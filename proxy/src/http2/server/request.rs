@@ -76,6 +76,9 @@ impl Builder {
                 self.regular_seen = true;
                 self.regular(name, f.value);
             }
+            Name::Malformed(raw) => {
+                self.fail(|| format!("invalid field name {:?}", String::from_utf8_lossy(&raw)));
+            }
         }
     }
 
@@ -206,6 +209,11 @@ impl Trailers {
                             .get_or_insert_with(|| format!("invalid value for trailer {name}"));
                     }
                 }
+            }
+            Name::Malformed(raw) => {
+                self.error.get_or_insert_with(|| {
+                    format!("invalid trailer name {:?}", String::from_utf8_lossy(&raw))
+                });
             }
             _ => {
                 self.error
