@@ -800,7 +800,7 @@ impl Exchange {
 
 /// A length of digits only (`1*DIGIT`, `1*HEXDIG`): Rust's parsers also
 /// take a leading `+`, which other hops would read differently.
-fn parse_length(s: &str, radix: u32) -> Option<u64> {
+pub(crate) fn parse_length(s: &str, radix: u32) -> Option<u64> {
     if s.is_empty() || !s.chars().all(|c| c.is_digit(radix)) {
         return None;
     }
