@@ -95,3 +95,44 @@ impl<B: ReqBody> AsyncWrite for H2Tunnel<B> {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The client's DATA reads as the tunnel's bytes; the tunnel's writes
+    /// become response DATA; shutdown ends the response.
+    #[tokio::test]
+    async fn a_tunnel_carries_bytes_both_ways_and_shutdown_ends_the_response() {
+        let from_client = Full::new(Bytes::from_static(b"ping from the client"));
+        let (mut io, response) = H2Tunnel::new(from_client);
+        let mut got = Vec::new();
+        io.read_to_end(&mut got)
+            .await
+            .expect("reads the request body");
+        assert_eq!(got, b"ping from the client");
+
+        io.write_all(b"pong ").await.expect("writes");
+        io.write_all(b"from upstream").await.expect("writes");
+        io.shutdown().await.expect("shuts down");
+        drop(io);
+        let sent = response.collect().await.expect("the response body ends");
+        assert_eq!(&sent.to_bytes()[..], b"pong from upstream");
+    }
+
+    /// A reset stream (the request body fails) reads as an I/O error.
+    #[tokio::test]
+    async fn a_failed_request_body_is_a_read_error() {
+        let failing =
+            http_body_util::StreamBody::new(futures::stream::iter([
+                Err::<Frame<Bytes>, BoxError>("the client reset the stream".into()),
+            ]));
+        let (mut io, _response) = H2Tunnel::new(failing);
+        let mut buf = [0; 8];
+        let err = io.read(&mut buf).await.expect_err("the read fails");
+        assert!(err.to_string().contains("reset"), "{err}");
+    }
+}
