@@ -71,6 +71,20 @@ pub struct ConnCtx {
     pub routes: Option<RouteSource>,
     /// The downstream spoke HTTP/2.
     pub h2: bool,
+    /// The route table the last request used (`forward::route_table`).
+    pub route_memo: std::sync::Mutex<Option<RouteMemo>>,
+}
+
+/// The route table a connection's last request used, and for which
+/// snapshot and port: the next request of the connection reuses it while
+/// the snapshot is the same. The snapshot is held weakly, and a `Weak`
+/// keeps its allocation from being reused, so comparing addresses cannot
+/// mistake a newer snapshot for it.
+#[derive(Debug)]
+pub struct RouteMemo {
+    snap: std::sync::Weak<crate::upstream::Snapshot>,
+    port: u16,
+    table: Arc<crate::state::route::RouteTable>,
 }
 
 /// Serves HTTP on `stream` until the client closes it or `drain` fires
@@ -147,16 +161,28 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The port of `authority` (`host:port`, `[v6]:port`), else `default`.
+/// The port of `authority` (`host:port`, `[v6]:port`), else `default`
+/// (also when what follows the last `:` is not 1 to 5 digits below 65536).
 pub fn authority_port(authority: &str, default: u16) -> u16 {
-    let after_host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
-        None => authority,
+    let b = authority.as_bytes();
+    let after_host = match b.strip_prefix(b"[") {
+        Some(v6) => v6
+            .iter()
+            .position(|&c| c == b']')
+            .map_or(&[][..], |end| &v6[end + 1..]),
+        None => b,
     };
-    after_host
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(default)
+    let Some(colon) = after_host.iter().rposition(|&c| c == b':') else {
+        return default;
+    };
+    let digits = &after_host[colon + 1..];
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return default;
+    }
+    let port = digits
+        .iter()
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    u16::try_from(port).unwrap_or(default)
 }
 
 /// An empty body.
@@ -173,4 +199,29 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authority_port;
+
+    #[test]
+    fn authority_port_reads_the_port_or_falls_back() {
+        for (authority, want) in [
+            ("example.com:8080", 8080),
+            ("example.com", 80),
+            ("example.com:", 80),
+            ("10.0.0.1:65535", 65535),
+            ("10.0.0.1:65536", 80),
+            ("10.0.0.1:123456", 80),
+            ("example.com:+81", 80),
+            ("example.com:8o", 80),
+            ("[::1]:9090", 9090),
+            ("[::1]", 80),
+            ("[::1", 80),
+            ("", 80),
+        ] {
+            assert_eq!(authority_port(authority, 80), want, "{authority:?}");
+        }
+    }
 }

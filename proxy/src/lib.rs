@@ -9,6 +9,7 @@
 //! balancers and connection pools ([`upstream`]).
 
 pub mod admin;
+pub mod alloc;
 pub mod balance;
 pub mod config;
 pub mod detect;
@@ -24,3 +25,9 @@ pub mod state;
 pub mod tcp;
 pub mod upstream;
 pub mod xds;
+
+/// The hash map of the data path's lookups (clusters, listeners by port,
+/// endpoints, domains): keyed by configuration pilot sent, not by anything
+/// a client chooses, so a fast seeded hash serves better than SipHash's
+/// flooding resistance (a SipHash lookup was ~1k instructions per request).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

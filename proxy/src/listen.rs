@@ -210,6 +210,7 @@ async fn serve_http(
         orig_dst,
         routes,
         h2,
+        route_memo: std::sync::Mutex::default(),
     };
     http::serve(Arc::new(ctx), stream, drain).await;
 }

@@ -14,6 +14,8 @@ pub mod h1;
 pub mod pool;
 
 use std::collections::HashMap;
+
+use crate::FastMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
@@ -38,7 +40,7 @@ pub struct Upstream {
     /// Picks an endpoint.
     pub balancer: Balancer,
     /// Per endpoint: its pool and telemetry.
-    pub hosts: HashMap<SocketAddr, Host>,
+    pub hosts: FastMap<SocketAddr, Host>,
     /// Telemetry when no endpoint was picked (or one outside `hosts`,
     /// such as an original destination).
     pub unknown: Host,
@@ -100,11 +102,11 @@ pub struct Snapshot {
     /// The state this was built from.
     pub state: Arc<ProxyState>,
     /// Listeners by exact `ip:port` (`10.96.0.30_3306`).
-    pub by_addr: HashMap<SocketAddr, Arc<Listener>>,
+    pub by_addr: FastMap<SocketAddr, Arc<Listener>>,
     /// Wildcard-address listeners by port (`0.0.0.0_9080`).
-    pub by_port: HashMap<u16, Arc<Listener>>,
+    pub by_port: FastMap<u16, Arc<Listener>>,
     /// Clusters by name.
-    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub upstreams: FastMap<String, Arc<Upstream>>,
 }
 
 impl Snapshot {
@@ -277,8 +279,8 @@ fn build(
     metrics: &Metrics,
     own: &Workload,
 ) -> Snapshot {
-    let mut by_addr = HashMap::new();
-    let mut by_port = HashMap::new();
+    let mut by_addr = FastMap::default();
+    let mut by_port = FastMap::default();
     for l in state.listeners.values() {
         if l.name.starts_with("virtual") {
             continue;
@@ -289,7 +291,7 @@ fn build(
             by_addr.insert(l.address, Arc::clone(l));
         }
     }
-    let mut upstreams = HashMap::with_capacity(state.clusters.len());
+    let mut upstreams = FastMap::with_capacity_and_hasher(state.clusters.len(), Default::default());
     for (name, cluster) in &state.clusters {
         let endpoints = match &cluster.discovery {
             Discovery::Eds { service_name } => state.endpoints.get(service_name).cloned(),
@@ -356,7 +358,7 @@ fn new_upstream(
             peer,
         }
     };
-    let mut hosts = HashMap::new();
+    let mut hosts = FastMap::default();
     for loc in &eps.localities {
         for ep in &loc.endpoints {
             if let EndpointAddress::Socket(addr) = ep.address {

@@ -382,6 +382,51 @@ async fn weighted_split_and_subset_routes() -> Result<()> {
 }
 
 #[tokio::test]
+async fn open_connections_follow_a_route_change() -> Result<()> {
+    let to = |subset: &str| {
+        echo_routes(&format!(
+            "  - route: [{{destination: {{host: echo.test, subset: {subset}}}}}]\n"
+        ))
+    };
+    let mesh = Mesh::start(TWO_VERSIONS, |p| echo_service(p, &to("v1")), false)?;
+    let ports = Ports {
+        echo: mesh.echoes.iter().map(|e| e.addr.port()).collect(),
+        refused: 0,
+    };
+    let mut clients = [
+        Client::h1(mesh.outbound()).await?,
+        Client::h2(mesh.outbound()).await?,
+    ];
+    for c in &mut clients {
+        let a = c.send(get("/", ECHO)?).await?;
+        assert_eq!(a.header("x-echo-version"), Some("v1"), "{}", a.text());
+    }
+    // The proxy remembers each connection's route table between requests;
+    // the change must reach the connections already open.
+    mesh.reconfigure(&echo_service(&ports, &to("v2")))?;
+    for c in &mut clients {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let a = c.send(get("/", ECHO)?).await?;
+            if a.header("x-echo-version") == Some("v2") {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "still routed to {:?} 15 s after the change",
+                a.header("x-echo-version")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for _ in 0..5 {
+            let a = c.send(get("/", ECHO)?).await?;
+            assert_eq!(a.header("x-echo-version"), Some("v2"), "{}", a.text());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn header_operations_apply_per_route_and_per_destination() -> Result<()> {
     let vs = echo_routes(
         "  - name: split

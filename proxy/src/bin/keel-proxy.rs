@@ -23,9 +23,10 @@ use tokio::sync::watch;
 
 /// mimalloc: the data path allocates and frees many small objects per
 /// request (header maps, body frames, task cells); it costs less CPU per
-/// request than glibc's allocator (docs/benchmarks.md).
+/// request than glibc's allocator (docs/benchmarks.md). Called through
+/// `keel_proxy::alloc` so that small allocations take its fast path.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keel_proxy::alloc::Mimalloc = keel_proxy::alloc::Mimalloc;
 
 fn main() -> ExitCode {
     let config = Config::parse();

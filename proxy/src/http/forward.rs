@@ -173,12 +173,36 @@ fn authority_of<B>(req: &Request<B>) -> &str {
 
 /// The route table for a request: the one the connection's chain names,
 /// or (explicit proxy, `Host`-addressed, unredirected inbound) the one of
-/// the listener serving the authority's port.
-fn route_table(conn: &ConnCtx, snap: &Snapshot, authority: &str) -> Option<Arc<RouteTable>> {
+/// the listener serving the authority's port. Remembered per connection
+/// while the snapshot stays the same (`super::RouteMemo`).
+fn route_table(conn: &ConnCtx, snap: &Arc<Snapshot>, authority: &str) -> Option<Arc<RouteTable>> {
+    let port = match conn.routes {
+        Some(_) => 0,
+        None => super::authority_port(authority, 80),
+    };
+    let mut memo = conn
+        .route_memo
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(m) = memo.as_ref()
+        && m.port == port
+        && std::ptr::eq(m.snap.as_ptr(), Arc::as_ptr(snap))
+    {
+        return Some(Arc::clone(&m.table));
+    }
+    let table = find_route_table(conn, snap, port)?;
+    *memo = Some(super::RouteMemo {
+        snap: Arc::downgrade(snap),
+        port,
+        table: Arc::clone(&table),
+    });
+    Some(table)
+}
+
+fn find_route_table(conn: &ConnCtx, snap: &Snapshot, port: u16) -> Option<Arc<RouteTable>> {
     let source = match &conn.routes {
         Some(s) => s.clone(),
         None => {
-            let port = super::authority_port(authority, 80);
             let listener = match &conn.role {
                 Role::Outbound => snap.by_port.get(&port)?,
                 Role::Inbound => snap.listener("virtualInbound")?,

@@ -24,7 +24,7 @@ pub struct RouteTable {
 /// than a pass over every domain of every virtual host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct DomainIndex {
-    exact: std::collections::HashMap<String, usize>,
+    exact: crate::FastMap<String, usize>,
     /// `(class, pattern, virtual host)`: suffixes (class 2) then prefixes
     /// (class 1), longest first, configuration order among equals.
     wildcards: Vec<(u8, String, usize)>,

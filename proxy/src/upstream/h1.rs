@@ -544,14 +544,15 @@ impl Exchange {
             }
             let code = resp.code.unwrap_or(0);
             let version = resp.version.unwrap_or(1);
-            // Header positions, so the values can share the head's bytes.
+            // Header positions, so the values can share the head's bytes
+            // (`MAX_HEAD` fits in u32).
             let base = self.conn.rbuf.as_ptr() as usize;
-            let mut spans: Vec<(usize, usize, usize, usize)> =
-                Vec::with_capacity(resp.headers.len());
-            for f in resp.headers.iter() {
+            let count = resp.headers.len();
+            let mut spans = [[0u32; 4]; MAX_HEADERS];
+            for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
                 let n = f.name.as_ptr() as usize - base;
                 let v = f.value.as_ptr() as usize - base;
-                spans.push((n, f.name.len(), v, f.value.len()));
+                *span = [n, f.name.len(), v, f.value.len()].map(|x| x as u32);
             }
             let head = self.conn.rbuf.split_to(len).freeze();
             if (100..200).contains(&code) && code != 101 {
@@ -566,19 +567,36 @@ impl Exchange {
             }
             let status = StatusCode::from_u16(code)
                 .map_err(|_| format!("response status {code} is out of range"))?;
-            let mut headers = HeaderMap::with_capacity(spans.len());
-            for (n, nl, v, vl) in spans {
+            // Room for the few headers the proxy may add on the way back.
+            let mut headers = HeaderMap::with_capacity(count + 2);
+            let mut close = false;
+            let mut keep_alive = false;
+            for span in &spans[..count] {
+                let [n, nl, v, vl] = span.map(|x| x as usize);
                 let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| {
                     format!(
                         "invalid response header name {:?}",
                         String::from_utf8_lossy(&head[n..n + nl])
                     )
                 })?;
+                // `Connection` is hop-by-hop: read here, and dropped when it
+                // holds nothing but `close`/`keep-alive` (when it names
+                // other headers it stays, for the forwarder to strip them).
+                if name == header::CONNECTION {
+                    let tokens = connection_tokens(&head[v..v + vl]);
+                    close |= tokens.close;
+                    keep_alive |= tokens.keep_alive;
+                    if !tokens.other {
+                        continue;
+                    }
+                }
                 let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                     .map_err(|_| format!("invalid value for response header {name}"))?;
                 headers.append(name, value);
             }
-            self.keep_alive = keeps_alive(version, &headers);
+            // HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0
+            // closes it unless told `keep-alive`.
+            self.keep_alive = if version == 0 { keep_alive } else { !close };
             self.decoder = self.body_decoder(status, &headers)?;
             if headers.contains_key(header::TRANSFER_ENCODING)
                 && headers.remove(header::CONTENT_LENGTH).is_some()
@@ -811,20 +829,29 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
-/// unless told `keep-alive`.
-fn keeps_alive(version: u8, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if version == 0 {
-        has("keep-alive")
-    } else {
-        !has("close")
+/// What a `Connection` header value says.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    /// It names anything else (other hop-by-hop headers, `upgrade`), or is
+    /// not text.
+    other: bool,
+}
+
+fn connection_tokens(value: &[u8]) -> ConnectionTokens {
+    let mut t = ConnectionTokens::default();
+    for token in value.split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            t.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            t.keep_alive = true;
+        } else if !token.is_empty() {
+            t.other = true;
+        }
     }
+    t
 }
 
 /// A response body read straight from the upstream connection; the

@@ -35,6 +35,7 @@ pub struct Mesh {
     pub access_log: PathBuf,
     /// Holds [`Ports::refused`].
     _refused: socket2::Socket,
+    config_dir: PathBuf,
     _dir: TempDir,
 }
 
@@ -92,8 +93,18 @@ impl Mesh {
             proxy,
             access_log: log,
             _refused: refused,
+            config_dir,
             _dir: dir,
         })
+    }
+
+    /// Replaces pilot's configuration with `yaml` (written aside, then
+    /// renamed, so pilot never reads half a file).
+    pub fn reconfigure(&self, yaml: &str) -> Result<()> {
+        let staged = self.config_dir.with_extension("next.yaml");
+        std::fs::write(&staged, yaml)?;
+        std::fs::rename(&staged, self.config_dir.join("mesh.yaml"))?;
+        Ok(())
     }
 
     /// The proxy's outbound listener.

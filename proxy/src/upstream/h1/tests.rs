@@ -779,6 +779,50 @@ async fn http10_response_closes_unless_kept_alive() {
 }
 
 #[tokio::test]
+async fn connection_header_is_consumed_unless_it_names_other_headers() {
+    let (listener, addr) = upstream().await;
+    let server = tokio::spawn(async move {
+        let mut peer = Peer::accept(&listener).await;
+        peer.head().await;
+        peer.write("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 1\r\n\r\na")
+            .await;
+        peer.head().await;
+        peer.write(
+            "HTTP/1.1 200 OK\r\nconnection: x-hop, keep-alive\r\nx-hop: 1\r\ncontent-length: 1\r\n\r\nb",
+        )
+        .await;
+        peer.head().await;
+        peer.write(
+            "HTTP/1.1 200 OK\r\nconnection: close, keep-alive\r\ncontent-length: 1\r\n\r\nc",
+        )
+        .await;
+        listener
+    });
+    let pool = pool(addr);
+    // Only connection management: nothing to forward.
+    let resp = send(&pool, get("/1")).await;
+    assert!(!resp.headers().contains_key("connection"), "{resp:?}");
+    assert_eq!(body(resp).await, "a");
+    // It names another header: it stays for the forwarder to strip both.
+    let resp = send(&pool, get("/2")).await;
+    assert_eq!(resp.headers()["connection"], "x-hop, keep-alive");
+    assert_eq!(resp.headers()["x-hop"], "1");
+    assert_eq!(body(resp).await, "b");
+    // `close` wins over `keep-alive`: the connection is not reused.
+    let resp = send(&pool, get("/3")).await;
+    assert!(!resp.headers().contains_key("connection"));
+    assert_eq!(body(resp).await, "c");
+    let listener = server.await.expect("the upstream script");
+    let client = tokio::spawn(async move { send(&pool, get("/4")).await.status() });
+    let mut peer = tokio::time::timeout(Duration::from_secs(5), Peer::accept(&listener))
+        .await
+        .expect("the next request comes on a new connection");
+    peer.head().await;
+    peer.write("HTTP/1.1 204 No Content\r\n\r\n").await;
+    assert_eq!(client.await.expect("the client"), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
 async fn body_dropped_half_read_closes_the_connection() {
     let (listener, addr) = upstream().await;
     let server = tokio::spawn(async move {
