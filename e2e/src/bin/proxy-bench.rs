@@ -114,6 +114,13 @@ struct Args {
     /// The backend.
     #[arg(long, value_enum, default_value = "nginx")]
     backend: Backend,
+    /// Maximum-rate runs per path and protocol, interleaved across the
+    /// paths (round 1: every path, round 2: every path, ...). Each table
+    /// row shows the path's median round; the ratios are the medians of
+    /// the ratios within each round, so slow drift on a shared machine
+    /// cancels out.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Paths to measure.
     #[arg(
         long,
@@ -426,50 +433,66 @@ fn bench_proto(
     problems: &mut Vec<String>,
 ) -> Result<ProtoResult> {
     let mut rows: Vec<Row> = Vec::new();
-    for t in targets {
-        let addr = t.addr(proto);
-        let name = format!("{} {}", proto.label(), t.kind.label());
-        if t.pid.is_some_and(|pid| !load::alive(pid)) {
-            problems.push(format!("{name}: not running, skipped"));
-            continue;
-        }
-        if args.warmup > 0
-            && let Err(e) = loadgen.max_rate(proto, addr, args.warmup)
-        {
-            problems.push(format!("{name}: warm-up failed: {e:#}"));
-        }
-        let watch = Watch {
-            proxy: t.pid,
-            backend: backend_pid,
-            proxy_cpu: args.proxy_cpu,
-            load_cpu: args.load_cpu,
-        };
-        match load::watched(watch, || loadgen.max_rate(proto, addr, args.duration)) {
-            Ok((max, usage)) => {
-                eprintln!(
-                    "bench: {name}: {:.0} req/s, {} errors{}",
-                    max.rps(),
-                    max.errors,
-                    usage
-                        .proxy_ticks
-                        .map_or(String::new(), |t| format!(", proxy {t} CPU ticks"))
-                );
-                if max.errors > 0 {
-                    problems.push(format!(
-                        "{name}, max rate: {} of {} requests failed (non-2xx or socket errors)",
-                        max.errors,
-                        max.errors + max.ok
-                    ));
-                }
-                rows.push(Row {
-                    target: t.kind,
-                    max,
-                    max_usage: usage,
-                    fixed: None,
-                });
+    for round in 1..=args.rounds {
+        for t in targets {
+            let addr = t.addr(proto);
+            let name = format!("{} {} (round {round})", proto.label(), t.kind.label());
+            if t.pid.is_some_and(|pid| !load::alive(pid)) {
+                problems.push(format!("{name}: not running, skipped"));
+                continue;
             }
-            Err(e) => problems.push(format!("{name}, max rate: run failed: {e:#}")),
+            if round == 1
+                && args.warmup > 0
+                && let Err(e) = loadgen.max_rate(proto, addr, args.warmup)
+            {
+                problems.push(format!("{name}: warm-up failed: {e:#}"));
+            }
+            let watch = Watch {
+                proxy: t.pid,
+                backend: backend_pid,
+                proxy_cpu: args.proxy_cpu,
+                load_cpu: args.load_cpu,
+            };
+            match load::watched(watch, || loadgen.max_rate(proto, addr, args.duration)) {
+                Ok((max, usage)) => {
+                    eprintln!(
+                        "bench: {name}: {:.0} req/s, {} errors{}",
+                        max.rps(),
+                        max.errors,
+                        usage
+                            .proxy_ticks
+                            .map_or(String::new(), |t| format!(", proxy {t} CPU ticks"))
+                    );
+                    if max.errors > 0 {
+                        problems.push(format!(
+                            "{name}, max rate: {} of {} requests failed (non-2xx or socket errors)",
+                            max.errors,
+                            max.errors + max.ok
+                        ));
+                    }
+                    match rows.iter_mut().find(|r| r.target == t.kind) {
+                        Some(row) => row.rounds.push(Some((max, usage))),
+                        None => rows.push(Row {
+                            target: t.kind,
+                            max,
+                            max_usage: usage,
+                            rounds: std::iter::repeat_n(None, round as usize - 1)
+                                .chain([Some((max, usage))])
+                                .collect(),
+                            fixed: None,
+                        }),
+                    }
+                }
+                Err(e) => problems.push(format!("{name}, max rate: run failed: {e:#}")),
+            }
         }
+        // A path that failed this round keeps its place in later ones.
+        for row in &mut rows {
+            row.rounds.resize(round as usize, None);
+        }
+    }
+    for row in &mut rows {
+        row.take_median_round();
     }
 
     let basis = rows

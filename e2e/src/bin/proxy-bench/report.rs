@@ -27,12 +27,38 @@ const RSS_TARGET_MIB: f64 = 10.0;
 pub struct Row {
     /// Which path.
     pub target: TargetKind,
-    /// The saturating run.
+    /// The saturating run shown: the median round (see
+    /// [`Row::take_median_round`]).
     pub max: Outcome,
-    /// CPU and memory during the saturating run.
+    /// CPU and memory during it.
     pub max_usage: Usage,
+    /// Every saturating round, in order (`None`: that round failed).
+    pub rounds: Vec<Option<(Outcome, Usage)>>,
     /// The fixed-rate run.
     pub fixed: Option<Fixed>,
+}
+
+impl Row {
+    /// Makes the round with the median CPU time per request (median req/s
+    /// for `direct`, which has no proxy) the one shown.
+    pub fn take_median_round(&mut self) {
+        let key = |(o, u): &(Outcome, Usage)| match u.proxy_ticks {
+            Some(t) if o.ok > 0 => t as f64 / o.ok as f64,
+            _ => -o.rps(),
+        };
+        let mut done: Vec<&(Outcome, Usage)> = self.rounds.iter().flatten().collect();
+        done.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        if let Some(&&(max, usage)) = done.get(done.len().saturating_sub(1) / 2) {
+            self.max = max;
+            self.max_usage = usage;
+        }
+    }
+}
+
+/// The median of `v` (the lower middle for an even count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied()
 }
 
 /// A fixed-rate run.
@@ -216,11 +242,8 @@ impl Report {
                     continue;
                 };
                 any = true;
-                let rps = ratio(Some(k.max.rps()), Some(o.max.rps()));
-                let cpu = ratio(
-                    self.cpu_us(k.max_usage, k.max),
-                    self.cpu_us(o.max_usage, o.max),
-                );
+                let (rps, cpu) = self.paired(k, o);
+                let (rps, cpu) = (spread(&rps), spread(&cpu));
                 let fixed = |r: &Row| r.fixed.and_then(|f| self.cpu_us(f.usage, f.outcome));
                 let fixed_cpu = ratio(fixed(k), fixed(o));
                 let _ = write!(line, " {rps} | {cpu} | {fixed_cpu} |");
@@ -230,13 +253,37 @@ impl Report {
             }
         }
         if !lines.is_empty() {
-            let _ = writeln!(out, "#### Ratios\n\n{header}\n{rule}");
+            let _ = writeln!(
+                out,
+                "#### Ratios\n\n\
+                 Maximum rate: the median of the ratios within each round, and their range \
+                 (min–max) over the rounds. Fixed rate: one run each.\n\n{header}\n{rule}"
+            );
             for l in lines {
                 let _ = writeln!(out, "{l}");
             }
             out.push('\n');
         }
         self.targets(out, &protos);
+    }
+
+    /// keel-proxy's req/s and CPU per request over `other`'s, round by
+    /// round (rounds where either failed are left out).
+    fn paired(&self, keel: &Row, other: &Row) -> (Vec<f64>, Vec<f64>) {
+        let mut rps = Vec::new();
+        let mut cpu = Vec::new();
+        for (k, o) in keel.rounds.iter().zip(&other.rounds) {
+            let (Some((ko, ku)), Some((oo, ou))) = (k, o) else {
+                continue;
+            };
+            if oo.rps() > 0.0 {
+                rps.push(ko.rps() / oo.rps());
+            }
+            if let (Some(kc), Some(oc)) = (self.cpu_us(*ku, *ko), self.cpu_us(*ou, *oo)) {
+                cpu.push(kc / oc);
+            }
+        }
+        (rps, cpu)
     }
 
     /// The issue's targets, met or missed.
@@ -249,14 +296,10 @@ impl Report {
             ) else {
                 continue;
             };
-            let (Some(kc), Some(hc)) = (
-                self.cpu_us(k.max_usage, k.max),
-                self.cpu_us(h.max_usage, h.max),
-            ) else {
+            let (rps, cpu) = self.paired(k, h);
+            let (Some(rps), Some(cpu)) = (median(rps), median(cpu)) else {
                 continue;
             };
-            let rps = k.max.rps() / h.max.rps().max(f64::MIN_POSITIVE);
-            let cpu = kc / hc;
             let verdict = |r: f64, c: f64| {
                 if rps >= r && cpu <= c {
                     "met"
@@ -265,8 +308,8 @@ impl Report {
                 }
             };
             lines.push(format!(
-                "- {}: ≥ haproxy's req/s at ≤ its CPU/request: **{}** ({rps:.2}× req/s, {cpu:.2}× CPU); \
-                 stretch 1.2× / 0.8×: **{}**.",
+                "- {}: ≥ haproxy's req/s at ≤ its CPU/request: **{}** ({rps:.2}× req/s, {cpu:.2}× CPU, \
+                 medians of the rounds); stretch 1.2× / 0.8×: **{}**.",
                 p.label(),
                 verdict(1.0, 1.0),
                 verdict(1.2, 0.8),
@@ -312,6 +355,20 @@ impl Report {
             out.push('\n');
         }
         out
+    }
+}
+
+/// `median× (min–max)` of per-round ratios; just `median×` for one round.
+fn spread(v: &[f64]) -> String {
+    let Some(m) = median(v.to_vec()) else {
+        return "—".to_string();
+    };
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.len() < 2 {
+        format!("{m:.2}×")
+    } else {
+        format!("{m:.2}× ({lo:.2}–{hi:.2})")
     }
 }
 
@@ -464,5 +521,52 @@ mod tests {
         assert!(replaced.contains(&format!("{BEGIN}\ntwo\n{END}")));
         assert!(!replaced.contains("one"));
         assert!(replaced.ends_with("## Later\n"));
+    }
+
+    fn run(ok: u64, ticks: u64) -> Option<(Outcome, Usage)> {
+        let outcome = Outcome {
+            ok,
+            errors: 0,
+            secs: 1.0,
+        };
+        let usage = Usage {
+            proxy_ticks: Some(ticks),
+            ..Usage::default()
+        };
+        Some((outcome, usage))
+    }
+
+    #[test]
+    fn rows_show_the_median_round_and_ratios_pair_rounds() {
+        let mut keel = Row {
+            target: TargetKind::Keel,
+            max: Outcome::default(),
+            max_usage: Usage::default(),
+            // 3.0, 1.0, 2.0 ticks per request; round 4 failed.
+            rounds: vec![run(100, 300), run(100, 100), run(100, 200), None],
+            fixed: None,
+        };
+        keel.take_median_round();
+        assert_eq!(keel.max_usage.proxy_ticks, Some(200));
+        let haproxy = Row {
+            target: TargetKind::Haproxy,
+            rounds: vec![run(50, 300), run(100, 200), run(200, 200), run(100, 100)],
+            ..keel.clone()
+        };
+        let report = Report {
+            protos: Vec::new(),
+            idle_rss: Vec::new(),
+            ticks: 100,
+            command: String::new(),
+            settings: Vec::new(),
+            context: Vec::new(),
+            problems: Vec::new(),
+        };
+        let (rps, cpu) = report.paired(&keel, &haproxy);
+        assert_eq!(rps, [2.0, 1.0, 0.5]);
+        assert_eq!(cpu, [0.5, 0.5, 2.0]);
+        assert_eq!(spread(&rps), "1.00× (0.50–2.00)");
+        assert_eq!(spread(&cpu[..1]), "0.50×");
+        assert_eq!(spread(&[]), "—");
     }
 }
