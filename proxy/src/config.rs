@@ -113,6 +113,11 @@ pub struct Config {
     /// (server-speaks-first protocols) before treating it as TCP.
     #[arg(long, env = "KEEL_DETECT_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub detect_timeout: std::time::Duration,
+    /// Request body bytes kept so a request can be retried; a request
+    /// whose body is larger is sent once (the response says so in
+    /// `x-keel-retry-skipped: request_body_too_large`).
+    #[arg(long, env = "KEEL_RETRY_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub retry_buffer: usize,
     /// Worker threads (Istio's proxy `concurrency`); 1 runs everything on
     /// one thread, the fastest choice for a proxy pinned to one core.
     #[arg(long, env = "ISTIO_META_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod body;
 mod error;
 mod forward;
+mod retry;
 mod tunnel;
 
 use std::convert::Infallible;
@@ -71,6 +72,8 @@ pub struct ConnCtx {
     pub routes: Option<RouteSource>,
     /// The downstream spoke HTTP/2.
     pub h2: bool,
+    /// Request body bytes kept for retries; a larger body is sent once.
+    pub retry_buffer: usize,
     /// The route table the last request used (`forward::route_table`).
     pub route_memo: std::sync::Mutex<Option<RouteMemo>>,
 }

@@ -47,6 +47,8 @@ pub struct DataPath {
     pub access_log: Option<AccessLog>,
     /// How long protocol detection may wait for a silent client.
     pub detect_timeout: Duration,
+    /// Request body bytes kept so a request can be retried.
+    pub retry_buffer: usize,
 }
 
 /// Accepts on `listener` in `role` until `drain` fires.
@@ -210,6 +212,7 @@ async fn serve_http(
         orig_dst,
         routes,
         h2,
+        retry_buffer: dp.retry_buffer,
         route_memo: std::sync::Mutex::default(),
     };
     http::serve(Arc::new(ctx), stream, drain).await;

@@ -116,6 +116,7 @@ async fn run(
         plane,
         access_log,
         detect_timeout: config.detect_timeout,
+        retry_buffer: config.retry_buffer,
     };
 
     let (admin_listener, admin_addr) = bind("admin-addr", config.admin_addr).await?;

@@ -6,6 +6,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::{Body, full};
 use crate::metrics::labels::flags;
+use crate::state::route::AbortStatus;
 
 /// Why the proxy answered a request itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +91,58 @@ pub fn respond(code: ErrorCode, detail: &str, grpc: bool) -> Response<Body> {
     resp.headers_mut()
         .insert("x-keel-error", HeaderValue::from_static(code.as_str()));
     resp
+}
+
+/// The answer to a request aborted by fault injection: the configured HTTP
+/// status, or for gRPC requests (and gRPC aborts) a trailers-only response
+/// with the gRPC status; `x-keel-error: fault_abort` either way.
+pub fn fault_abort(status: AbortStatus, grpc: bool) -> Response<Body> {
+    let mut resp = match (status, grpc) {
+        (AbortStatus::Grpc(code), _) => grpc_abort(code),
+        (AbortStatus::Http(http), true) => grpc_abort(grpc_from_http(http)),
+        (AbortStatus::Http(http), false) => {
+            let mut r = Response::new(full("fault filter abort\n"));
+            *r.status_mut() = StatusCode::from_u16(http).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        }
+    };
+    resp.headers_mut().insert(
+        "x-keel-error",
+        HeaderValue::from_static(flags::FAULT_INJECTED),
+    );
+    resp
+}
+
+/// A trailers-only gRPC response with `code`.
+fn grpc_abort(code: u32) -> Response<Body> {
+    let mut r = Response::new(super::empty());
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static("fault filter abort"),
+    );
+    r
+}
+
+/// gRPC's mapping of HTTP statuses to gRPC codes.
+fn grpc_from_http(status: u16) -> u32 {
+    match status {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
 }
 
 /// gRPC's `grpc-message` percent-encoding (RFC 3986 unreserved and

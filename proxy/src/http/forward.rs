@@ -13,15 +13,16 @@ use http_body_util::BodyExt;
 use super::access_log::{Entry, rfc3339};
 use super::body::{Completion, Counted, Observed};
 use super::error::{self, ErrorCode};
-use super::{Body, ConnCtx, Role, full, is_grpc};
+use super::{Body, ConnCtx, Role, full, is_grpc, retry};
 use crate::balance::{InFlight, PickRequest};
 use crate::listen::chain;
 use crate::metrics::labels::{RequestOutcome, flags};
 use crate::router::{self, RequestInfo};
 use crate::state::cluster::{Discovery, LbPolicy, UpstreamProtocol};
 use crate::state::listener::{ChainAction, HttpManager, RouteSource};
-use crate::state::route::{Action, Forward, Route, RouteTable, VirtualHost};
+use crate::state::route::{Action, Forward, RetryOn, RetryPolicy, Route, RouteTable, VirtualHost};
 use crate::tcp;
+use crate::upstream::pool::SendError;
 use crate::upstream::{Active, Host, Snapshot, Upstream, is_self};
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
@@ -52,6 +53,8 @@ impl<B> ReqBody for B where
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+/// Why a retriable response was not retried (e.g. `request_body_too_large`).
+const X_KEEL_RETRY_SKIPPED: HeaderName = HeaderName::from_static("x-keel-retry-skipped");
 
 /// What the handler carries from the request to its completion record.
 struct Ctx<'a> {
@@ -237,6 +240,24 @@ async fn forward<B: ReqBody>(
         let detail = format!("route {:?} names unknown cluster {:?}", route.name, wc.name);
         return proxy_error(&mut ctx, None, ErrorCode::NoCluster, &detail);
     };
+    // Fault injection comes first, as Envoy's fault filter runs before the
+    // router: a delay, then maybe an abort.
+    let mut fault_flags = flags::NONE;
+    if let Some(f) = &route.fault {
+        if let Some(d) = &f.delay
+            && dice(d.fraction_ppm)
+        {
+            tokio::time::sleep(d.duration).await;
+            fault_flags = flags::DELAY_INJECTED;
+        }
+        if let Some(a) = &f.abort
+            && dice(a.fraction_ppm)
+        {
+            tracing::debug!(route = %route.name, status = ?a.status, "fault injection: aborted");
+            let resp = error::fault_abort(a.status, ctx.grpc);
+            return finish(ctx, &upstream.unknown, resp, flags::FAULT_INJECTED);
+        }
+    }
     let h2 = match upstream.cluster.protocol {
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Http1 => false,
@@ -251,23 +272,13 @@ async fn forward<B: ReqBody>(
     // Balanced clusters pick synchronously; the resolving kinds (original
     // destination, DNS) are boxed so their futures do not grow this one.
     let picked = match &upstream.cluster.discovery {
-        Discovery::Eds { .. } | Discovery::Static(_) => balanced(upstream, hash.hash),
-        _ => Box::pin(pick(&ctx, upstream, hash.hash, &authority)).await,
+        Discovery::Eds { .. } | Discovery::Static(_) => balanced(upstream, hash.hash, &[]),
+        _ => Box::pin(pick(&ctx, upstream, hash.hash, &authority, &[])).await,
     };
-    let (addr, host, inflight) = match picked {
+    let first = match picked {
         Ok(p) => p,
         Err((code, detail)) => return proxy_error(&mut ctx, Some(upstream), code, &detail),
     };
-    ctx.inflight = inflight;
-    let pool = match &host.pool {
-        Some(p) => Arc::clone(p),
-        None => ctx.conn.plane.pools().get(addr),
-    };
-    if let Some(e) = ctx.log.as_mut() {
-        e.upstream_cluster = upstream.cluster.name.clone();
-        e.upstream_host = addr.to_string();
-    }
-    let cluster = &upstream.cluster;
 
     let (mut parts, body) = req.into_parts();
     let upgrade = (!ctx.conn.h2 && parts.headers.contains_key(header::UPGRADE))
@@ -335,41 +346,74 @@ async fn forward<B: ReqBody>(
             headers.insert(header::HOST, v);
         }
     }
-    // An empty body (most requests) needs no counting.
-    let body = if hyper::body::Body::is_end_stream(&body) {
-        super::empty()
+    // Upgrades are never retried: the connection becomes the tunnel.
+    let policy = fwd
+        .retry
+        .as_ref()
+        .filter(|p| p.num_retries > 0 && upgrade.is_none());
+    // An empty body (most requests) needs no counting and no replay buffer.
+    let bodies = if hyper::body::Body::is_end_stream(&body) {
+        Bodies::Empty
     } else {
-        Counted::new(body, Arc::clone(&ctx.request_bytes))
+        let counted = Counted::new(body, Arc::clone(&ctx.request_bytes))
             .map_err(super::BoxError::from)
-            .boxed_unsync()
+            .boxed_unsync();
+        match policy {
+            Some(_) => Bodies::Replay(retry::Replay::new(counted, ctx.conn.retry_buffer)),
+            None => Bodies::Once(Some(counted)),
+        }
     };
-    let mut up = Request::new(body);
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = uri;
-    *up.version_mut() = if h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
+    let plan = Plan {
+        upstream,
+        h2,
+        method: parts.method,
+        uri,
+        retriable_headers: policy
+            .filter(|p| p.retry_on.contains(&RetryOn::RetriableHeaders))
+            .map(|_| retry::retriable_header_names(&headers))
+            .unwrap_or_default(),
+        headers,
+        bodies,
+        policy,
+        hash: hash.hash,
+        authority: &authority,
+        attempt_count: vh.include_attempt_count,
     };
-    *up.headers_mut() = headers;
 
-    let sent = pool.send(up, h2, cluster.connect_timeout);
-    let result = match fwd.timeout {
-        Some(t) => match tokio::time::timeout(t, sent).await {
-            Ok(r) => r,
+    // The route timeout spans every attempt, as Envoy's does.
+    let attempted = match fwd.timeout {
+        Some(t) => match tokio::time::timeout(t, attempts(&mut ctx, plan, first)).await {
+            Ok(a) => a,
             Err(_) => {
                 let detail = format!(
-                    "no response from {addr} ({}) within the route timeout {t:?}",
-                    cluster.name
+                    "no response from {} within the route timeout {t:?}",
+                    upstream.cluster.name
                 );
                 return proxy_error(&mut ctx, Some(upstream), ErrorCode::Timeout, &detail);
             }
         },
-        None => sent.await,
+        None => attempts(&mut ctx, plan, first).await,
     };
-    let mut resp = match result {
+    let Attempted {
+        outcome,
+        host,
+        exhausted,
+        skipped,
+    } = attempted;
+    let cluster = &upstream.cluster;
+    let mut resp = match outcome {
         Ok(r) => r,
-        Err(e) => {
+        Err(AttemptError::Pick(code, detail)) => {
+            return proxy_error(&mut ctx, Some(upstream), code, &detail);
+        }
+        Err(AttemptError::PerTryTimeout(addr, t)) => {
+            let detail = format!(
+                "no response from {addr} ({}) within the per-try timeout {t:?}",
+                cluster.name
+            );
+            return proxy_error(&mut ctx, Some(upstream), ErrorCode::Timeout, &detail);
+        }
+        Err(AttemptError::Send(e)) => {
             let code = if e.is_connect_failure() {
                 ErrorCode::ConnectFailure
             } else {
@@ -417,12 +461,232 @@ async fn forward<B: ReqBody>(
             &vh.response_headers,
         ],
     );
+    if let Some(why) = skipped {
+        headers.insert(X_KEEL_RETRY_SKIPPED, HeaderValue::from_static(why));
+    }
     if let Some(c) = hash.set_cookie
         && let Ok(v) = HeaderValue::from_str(&c)
     {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
-    finish(ctx, &host, resp, flags::NONE)
+    let flags = if exhausted {
+        flags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+    } else {
+        fault_flags
+    };
+    finish(ctx, &host, resp, flags)
+}
+
+/// True with probability `ppm` parts per million.
+fn dice(ppm: u32) -> bool {
+    ppm >= 1_000_000 || fastrand::u32(..1_000_000) < ppm
+}
+
+/// The request body, as each attempt gets it.
+enum Bodies {
+    /// None: every attempt sends an empty body.
+    Empty,
+    /// No retries: the one attempt takes it.
+    Once(Option<Body>),
+    /// Kept for replay, up to the proxy's retry buffer.
+    Replay(retry::Replay),
+}
+
+impl Bodies {
+    fn next(&mut self) -> Body {
+        match self {
+            Self::Empty => super::empty(),
+            Self::Once(b) => b.take().unwrap_or_else(super::empty),
+            Self::Replay(r) => r.attempt(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Once(_) => false,
+            Self::Replay(r) => r.replayable(),
+        }
+    }
+}
+
+/// What every attempt of one request shares.
+struct Plan<'a> {
+    upstream: &'a Arc<Upstream>,
+    h2: bool,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bodies: Bodies,
+    /// The retry policy, when the request may be retried.
+    policy: Option<&'a RetryPolicy>,
+    /// `x-envoy-retriable-header-names` (only for `retriable-headers`).
+    retriable_headers: Vec<String>,
+    hash: Option<u64>,
+    authority: &'a str,
+    /// Send `x-envoy-attempt-count`.
+    attempt_count: bool,
+}
+
+/// Why the last attempt got no response.
+enum AttemptError {
+    /// No endpoint to send a retry to.
+    Pick(ErrorCode, String),
+    /// Sending or the exchange failed.
+    Send(SendError),
+    /// The per-try timeout expired at this endpoint.
+    PerTryTimeout(SocketAddr, std::time::Duration),
+}
+
+/// The last attempt's outcome.
+struct Attempted {
+    outcome: Result<Response<Body>, AttemptError>,
+    /// The endpoint it went to (for telemetry).
+    host: Host,
+    /// It was retriable, but no attempt was left.
+    exhausted: bool,
+    /// Why it was not retried although retriable (`x-keel-retry-skipped`).
+    skipped: Option<&'static str>,
+}
+
+/// Sends the request, and again while the retry policy says so: each
+/// retry after a jittered back-off, to another endpoint when there is one.
+async fn attempts(
+    ctx: &mut Ctx<'_>,
+    mut plan: Plan<'_>,
+    first: (SocketAddr, Host, Option<InFlight>),
+) -> Attempted {
+    let upstream = plan.upstream;
+    let cluster = &upstream.cluster;
+    let mut next = Some(first);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let (addr, host, inflight) = match next.take() {
+            Some(p) => p,
+            None => {
+                let avoid = plan.policy.is_some_and(|p| p.avoid_previous_hosts);
+                let exclude = if avoid { &tried[..] } else { &[] };
+                let picked = match &cluster.discovery {
+                    Discovery::Eds { .. } | Discovery::Static(_) => {
+                        // Envoy's previous-hosts predicate: another endpoint
+                        // when one is left, else any.
+                        balanced(upstream, plan.hash, exclude)
+                            .or_else(|_| balanced(upstream, plan.hash, &[]))
+                    }
+                    _ => Box::pin(pick(ctx, upstream, plan.hash, plan.authority, exclude)).await,
+                };
+                match picked {
+                    Ok(p) => p,
+                    Err((code, detail)) => {
+                        return Attempted {
+                            outcome: Err(AttemptError::Pick(code, detail)),
+                            host: upstream.unknown.clone(),
+                            exhausted: false,
+                            skipped: None,
+                        };
+                    }
+                }
+            }
+        };
+        ctx.inflight = inflight;
+        let pool = match &host.pool {
+            Some(p) => Arc::clone(p),
+            None => ctx.conn.plane.pools().get(addr),
+        };
+        if let Some(e) = ctx.log.as_mut() {
+            e.upstream_cluster = cluster.name.clone();
+            e.upstream_host = addr.to_string();
+        }
+        // Whether another attempt may follow this one: then the request's
+        // parts are kept for it.
+        let more = plan.policy.is_some_and(|p| attempt <= p.num_retries);
+        let mut up = Request::new(plan.bodies.next());
+        *up.uri_mut() = plan.uri.clone();
+        *up.version_mut() = if plan.h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        if more {
+            *up.method_mut() = plan.method.clone();
+            *up.headers_mut() = plan.headers.clone();
+        } else {
+            *up.method_mut() = std::mem::take(&mut plan.method);
+            *up.headers_mut() = std::mem::take(&mut plan.headers);
+        }
+        if plan.attempt_count {
+            up.headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
+        }
+        let sent = pool.send(up, plan.h2, cluster.connect_timeout);
+        let per_try = plan.policy.and_then(|p| p.per_try_timeout);
+        let outcome = match per_try {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(r) => r.map_err(AttemptError::Send),
+                Err(_) => Err(AttemptError::PerTryTimeout(addr, t)),
+            },
+            None => sent.await.map_err(AttemptError::Send),
+        };
+        let Some(policy) = plan.policy else {
+            return Attempted {
+                outcome,
+                host,
+                exhausted: false,
+                skipped: None,
+            };
+        };
+        let retriable = match &outcome {
+            Ok(resp) => retry::retries_response(
+                policy,
+                resp.status(),
+                resp.headers(),
+                &plan.retriable_headers,
+            ),
+            Err(AttemptError::Send(e)) => retry::retries_failure(policy, failure_of(e)),
+            Err(AttemptError::PerTryTimeout(..)) => {
+                retry::retries_failure(policy, retry::Failure::Timeout)
+            }
+            Err(AttemptError::Pick(..)) => false,
+        };
+        let done = |exhausted, skipped| Attempted {
+            outcome,
+            host: host.clone(),
+            exhausted,
+            skipped,
+        };
+        if !retriable {
+            return done(false, None);
+        }
+        if !more {
+            return done(true, None);
+        }
+        if !plan.bodies.replayable() {
+            tracing::debug!(
+                cluster = %cluster.name,
+                limit = ctx.conn.retry_buffer,
+                "not retried: the request body is larger than the retry buffer"
+            );
+            return done(false, Some("request_body_too_large"));
+        }
+        tracing::debug!(cluster = %cluster.name, %addr, attempt, "retrying");
+        tried.push(addr);
+        // The failed attempt's response and connection go before the next.
+        drop(done(false, None));
+        tokio::time::sleep(retry::backoff(policy, attempt)).await;
+    }
+}
+
+/// The retry view of a send failure.
+fn failure_of(e: &SendError) -> retry::Failure {
+    if e.is_connect_failure() {
+        retry::Failure::Connect
+    } else {
+        retry::Failure::Reset {
+            refused: e.is_refused_stream(),
+        }
+    }
 }
 
 /// Picks the endpoint: by the balancer, or for original-destination and
@@ -432,6 +696,7 @@ async fn pick(
     upstream: &Upstream,
     hash: Option<u64>,
     authority: &str,
+    exclude: &[SocketAddr],
 ) -> Result<(SocketAddr, Host, Option<InFlight>), (ErrorCode, String)> {
     let cluster = &upstream.cluster;
     match &cluster.discovery {
@@ -460,7 +725,7 @@ async fn pick(
         Discovery::LogicalDns { host, port } => dns_pick(upstream, host, *port)
             .await
             .map(|(a, h)| (a, h, None)),
-        _ => balanced(upstream, hash),
+        _ => balanced(upstream, hash, exclude),
     }
 }
 
@@ -468,6 +733,7 @@ async fn pick(
 fn balanced(
     upstream: &Upstream,
     hash: Option<u64>,
+    exclude: &[SocketAddr],
 ) -> Result<(SocketAddr, Host, Option<InFlight>), (ErrorCode, String)> {
     let cluster = &upstream.cluster;
     {
@@ -480,7 +746,7 @@ fn balanced(
             };
             let picked = upstream
                 .balancer
-                .pick(&PickRequest { hash, exclude: &[] })
+                .pick(&PickRequest { hash, exclude })
                 .ok_or_else(|| {
                     (
                         ErrorCode::NoHealthyUpstream,

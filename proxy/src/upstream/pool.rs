@@ -75,6 +75,22 @@ impl SendError {
     pub fn is_connect_failure(&self) -> bool {
         !matches!(self, Self::Reset { .. })
     }
+
+    /// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`:
+    /// it did not process the request).
+    pub fn is_refused_stream(&self) -> bool {
+        let Self::Reset { source, .. } = self else {
+            return false;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = next {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            }
+            next = e.source();
+        }
+        false
+    }
 }
 
 /// The connections to one endpoint.

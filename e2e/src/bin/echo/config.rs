@@ -39,6 +39,12 @@ pub struct Args {
     #[arg(long, env = "ECHO_FAIL_PERCENT", default_value_t = 0.0)]
     pub fail_percent: f64,
 
+    /// Seeds which requests `--fail-percent` fails, so that the same
+    /// sequence of requests meets the same failures every run (default: a
+    /// new random seed per process).
+    #[arg(long, env = "ECHO_SEED")]
+    pub seed: Option<u64>,
+
     /// Milliseconds to wait before answering each request.
     #[arg(long, env = "ECHO_DELAY_MS", default_value_t = 0)]
     pub delay_ms: u64,
@@ -62,6 +68,7 @@ pub struct Config {
     pub version: String,
     pub hostname: String,
     pub fail_percent: f64,
+    pub seed: Option<u64>,
     pub delay: Duration,
     pub downstream: Vec<Uri>,
     pub proxy: Option<Proxy>,
@@ -135,6 +142,7 @@ impl Config {
             version: args.version,
             hostname,
             fail_percent: args.fail_percent,
+            seed: args.seed,
             delay: Duration::from_millis(args.delay_ms),
             downstream,
             proxy,

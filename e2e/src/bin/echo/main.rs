@@ -42,16 +42,21 @@ use crate::config::Config;
 /// State shared by every connection.
 pub struct Shared {
     pub config: Config,
-    /// Seeds the fault-injection dice: a per-process random SipHash key.
-    dice: std::collections::hash_map::RandomState,
+    /// Seeds the fault-injection dice: a per-process random SipHash key,
+    /// or SipHash's fixed key over `--seed` and the roll number.
+    dice: Dice,
     rolls: AtomicU64,
 }
 
 impl Shared {
     fn new(config: Config) -> Self {
+        let dice = match config.seed {
+            Some(seed) => Dice::Seeded(seed),
+            None => Dice::Random(std::collections::hash_map::RandomState::new()),
+        };
         Self {
             config,
-            dice: std::collections::hash_map::RandomState::new(),
+            dice,
             rolls: AtomicU64::new(0),
         }
     }
@@ -64,11 +69,24 @@ impl Shared {
         if percent >= 100.0 {
             return true;
         }
-        let n = self
-            .dice
-            .hash_one(self.rolls.fetch_add(1, Ordering::Relaxed));
+        let roll = self.rolls.fetch_add(1, Ordering::Relaxed);
+        let n = match &self.dice {
+            Dice::Random(key) => key.hash_one(roll),
+            Dice::Seeded(seed) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                (*seed, roll).hash(&mut h);
+                h.finish()
+            }
+        };
         ((n % 1_000_000) as f64) < percent * 10_000.0
     }
+}
+
+/// Where the fault-injection dice get their randomness.
+enum Dice {
+    Random(std::collections::hash_map::RandomState),
+    Seeded(u64),
 }
 
 /// The client address of a connection, put into each request's extensions

@@ -1,0 +1,297 @@
+//! keel-proxy's resilience features as a client sees them: retries (with
+//! per-try timeouts, another endpoint on each try, replayed bodies) and
+//! fault injection, configured by Istio VirtualServices through a real
+//! keel-pilot. Each test starts keel-echo backends, pilot and one sidecar
+//! proxy on loopback ports, and counts what a client gets back.
+
+// Shared with the routing tests, which use more of it.
+#[path = "routing/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use support::{Client, Mesh, Ports, docs, get, request_with_body, service_entry, subsets};
+
+/// The authority every test routes to.
+const ECHO: &str = "echo.test:9080";
+
+/// `echo.test:9080` served by every keel-echo (`version: v1`, `v2`, ... in
+/// order), with subsets `v1` and `v2`, and `echo.test`'s VirtualService
+/// with these `http:` routes.
+fn config(p: &Ports, http: &str) -> String {
+    let versions = ["v1", "v2", "v3"];
+    let endpoints: Vec<(u16, &str)> = p.echo.iter().copied().zip(versions).collect();
+    docs(&[
+        &service_entry("echo.test", 9080, "HTTP", &endpoints),
+        &subsets("echo.test", &["v1", "v2"]),
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo.test]
+  http:
+{http}"
+        ),
+    ])
+}
+
+/// Sends `n` GETs for `path` one after the other; returns the statuses.
+async fn statuses(c: &mut Client, path: &str, n: usize) -> Result<Vec<StatusCode>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(c.send(get(path, ECHO)?).await?.status);
+    }
+    Ok(out)
+}
+
+fn count(statuses: &[StatusCode], want: StatusCode) -> usize {
+    statuses.iter().filter(|s| **s == want).count()
+}
+
+#[tokio::test]
+async fn retries_hide_a_backend_failing_30_percent() -> Result<()> {
+    let routes = "  - name: retried
+    match: [{uri: {prefix: /retried}}]
+    retries: {attempts: 3, retryOn: 5xx}
+    route: [{destination: {host: echo.test}}]
+  - name: once
+    retries: {attempts: 0}
+    route: [{destination: {host: echo.test}}]
+";
+    // Independent 30% failures and three retries succeed 1 - 0.3^4 = 99.2%
+    // of the time; a random run of 1000 would miss 99% one time in four,
+    // so the backend's failures are seeded: the same every run.
+    let mesh = Mesh::start(
+        &[&["--name", "flaky", "--fail-percent", "30", "--seed", "1"]],
+        |p| config(p, routes),
+        false,
+    )?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    const N: usize = 1000;
+    let once = statuses(&mut c, "/once", N).await?;
+    let retried = statuses(&mut c, "/retried", N).await?;
+    let (ok_once, ok_retried) = (
+        count(&once, StatusCode::OK),
+        count(&retried, StatusCode::OK),
+    );
+    eprintln!("30% failing backend: {ok_once}/{N} without retries, {ok_retried}/{N} with 3");
+    // Without retries ~70% (± 5 points: 3.5 standard deviations).
+    ensure!(
+        (650..=750).contains(&ok_once),
+        "without retries {ok_once}/{N} succeeded, want about 700"
+    );
+    // With three retries 1 - 0.3^4 = 99.2%.
+    ensure!(
+        ok_retried * 100 >= N * 99,
+        "with retries only {ok_retried}/{N} succeeded, want at least 99%"
+    );
+    // One request each in the metrics, whatever the attempts.
+    mesh.expect_requests(&[("destination_service", "echo.test")], 2 * N as u64)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retry_goes_to_another_endpoint_and_exhausted_retries_say_so() -> Result<()> {
+    let routes = "  - name: one-retry
+    match: [{uri: {prefix: /one-retry}}]
+    retries: {attempts: 1, retryOn: 5xx}
+    route: [{destination: {host: echo.test}}]
+  - name: to-broken
+    retries: {attempts: 2, retryOn: 5xx}
+    route: [{destination: {host: echo.test, subset: v1}}]
+";
+    let mesh = Mesh::start(
+        &[
+            &[
+                "--name",
+                "broken",
+                "--version",
+                "v1",
+                "--fail-percent",
+                "100",
+            ],
+            &["--name", "good", "--version", "v2"],
+        ],
+        |p| config(p, routes),
+        false,
+    )?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    // Half the first attempts land on the broken endpoint; the one retry
+    // avoids it, so every request succeeds.
+    let one = statuses(&mut c, "/one-retry", 200).await?;
+    ensure!(
+        count(&one, StatusCode::OK) == 200,
+        "{} of 200 failed with one retry to another endpoint",
+        200 - count(&one, StatusCode::OK)
+    );
+    // Only the broken endpoint: three attempts, then its 503 goes back,
+    // counted with the retry_limit flag.
+    let a = c.send(get("/broken", ECHO)?).await?;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    assert_eq!(a.header("x-echo-name"), Some("broken"));
+    mesh.expect_requests(
+        &[("response_code", "503"), ("response_flags", "retry_limit")],
+        1,
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_try_timeout_and_a_retry_get_past_a_hanging_endpoint() -> Result<()> {
+    let routes = "  - retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+    route: [{destination: {host: echo.test}}]
+";
+    let mesh = Mesh::start(
+        &[
+            &["--name", "hanging", "--delay-ms", "30000"],
+            &["--name", "quick"],
+        ],
+        |p| config(p, routes),
+        false,
+    )?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    for i in 0..20 {
+        let start = Instant::now();
+        let a = c.send(get("/", ECHO)?).await?;
+        let took = start.elapsed();
+        ensure!(
+            a.status == StatusCode::OK && a.header("x-echo-name") == Some("quick"),
+            "request {i}: {} from {:?}",
+            a.status,
+            a.header("x-echo-name")
+        );
+        // At most one 200 ms try at the hanging endpoint, plus back-off.
+        ensure!(took < Duration::from_secs(1), "request {i} took {took:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bodies_are_replayed_up_to_the_buffer_and_larger_ones_say_why() -> Result<()> {
+    let routes = "  - retries: {attempts: 1, retryOn: 5xx}
+    route: [{destination: {host: echo.test}}]
+";
+    let mesh = Mesh::start(
+        &[
+            &["--name", "broken", "--fail-percent", "100"],
+            &["--name", "good"],
+        ],
+        |p| config(p, routes),
+        false,
+    )?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    let small = Bytes::from(vec![b's'; 16 * 1024]);
+    for _ in 0..30 {
+        let req = request_with_body(Method::POST, "/", ECHO, &[], small.clone())?;
+        let a = c.send(req).await?;
+        ensure!(a.status == StatusCode::OK, "{} {}", a.status, a.text());
+        // The endpoint that answered saw the whole body.
+        assert_eq!(a.json()?["body_bytes"], 16 * 1024);
+    }
+    // 100 KiB is over the 64 KiB buffer: sent once. When it meets the
+    // broken endpoint first, its 503 comes back with the reason.
+    let large = Bytes::from(vec![b'l'; 100 * 1024]);
+    let mut skipped = 0;
+    for _ in 0..40 {
+        let req = request_with_body(Method::POST, "/", ECHO, &[], large.clone())?;
+        let a = c.send(req).await?;
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(
+                a.header("x-keel-retry-skipped"),
+                Some("request_body_too_large")
+            );
+            skipped += 1;
+        } else {
+            assert_eq!(a.status, StatusCode::OK);
+        }
+    }
+    // Each request meets the broken endpoint first half the time.
+    ensure!(
+        (5..=35).contains(&skipped),
+        "{skipped} of 40 large requests were refused a retry, want about 20"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fault_delay_moves_the_median_by_its_duration() -> Result<()> {
+    let routes = "  - name: delayed
+    match: [{uri: {prefix: /delayed}}]
+    fault: {delay: {percentage: {value: 100}, fixedDelay: 200ms}}
+    route: [{destination: {host: echo.test}}]
+  - route: [{destination: {host: echo.test}}]
+";
+    let mesh = Mesh::start(&[&["--name", "echo"]], |p| config(p, routes), false)?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    let median = async |c: &mut Client, path: &str| -> Result<Duration> {
+        let mut took = Vec::new();
+        for _ in 0..21 {
+            let start = Instant::now();
+            let a = c.send(get(path, ECHO)?).await?;
+            ensure!(a.status == StatusCode::OK, "{path}: {}", a.status);
+            took.push(start.elapsed());
+        }
+        took.sort();
+        Ok(took[took.len() / 2])
+    };
+    let plain = median(&mut c, "/").await?;
+    let delayed = median(&mut c, "/delayed").await?;
+    let moved = delayed.saturating_sub(plain);
+    eprintln!("p50 {plain:?} without the fault, {delayed:?} with a 200 ms delay");
+    ensure!(
+        (Duration::from_millis(180)..=Duration::from_millis(220)).contains(&moved),
+        "the delay moved p50 by {moved:?}, want 200 ms ± 10%"
+    );
+    mesh.expect_requests(&[("response_flags", "delay_injected")], 21)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn fault_abort_fails_its_percentage_for_http_and_grpc() -> Result<()> {
+    let routes = "  - name: aborted
+    match: [{uri: {prefix: /aborted}}]
+    fault: {abort: {percentage: {value: 25}, httpStatus: 503}}
+    route: [{destination: {host: echo.test}}]
+  - name: grpc-aborted
+    match: [{uri: {prefix: /keel.echo}}]
+    fault: {abort: {percentage: {value: 100}, grpcStatus: RESOURCE_EXHAUSTED}}
+    route: [{destination: {host: echo.test}}]
+";
+    let mesh = Mesh::start(&[&["--name", "echo"]], |p| config(p, routes), false)?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    const N: usize = 2000;
+    let got = statuses(&mut c, "/aborted", N).await?;
+    let aborted = count(&got, StatusCode::SERVICE_UNAVAILABLE);
+    eprintln!("abort 25%: {aborted}/{N}");
+    // 25% ± 4 points (the standard deviation is ~1 point).
+    ensure!(
+        (420..=580).contains(&aborted),
+        "{aborted}/{N} aborted, want 25% ± 4 points"
+    );
+    ensure!(
+        aborted + count(&got, StatusCode::OK) == N,
+        "other statuses: {got:?}"
+    );
+    mesh.expect_requests(
+        &[("response_code", "503"), ("response_flags", "fault_abort")],
+        aborted as u64,
+    )?;
+
+    // gRPC: a trailers-only answer with the configured status.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.outbound()))?
+        .origin(format!("http://{ECHO}").parse()?)
+        .connect()
+        .await?;
+    let mut grpc = keel_proto::keel::echo::v1::echo_client::EchoClient::new(channel);
+    let err = grpc
+        .echo(keel_proto::keel::echo::v1::EchoRequest::default())
+        .await
+        .expect_err("the fault aborts every gRPC call");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    Ok(())
+}
