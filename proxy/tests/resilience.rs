@@ -295,3 +295,139 @@ async fn fault_abort_fails_its_percentage_for_http_and_grpc() -> Result<()> {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     Ok(())
 }
+
+/// What a mirror target saw: each request's `Host` and body length.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>;
+
+/// A bare HTTP/1.1 server that records every request, then answers 200
+/// after `delay`: a slow mirror target.
+async fn slow_recorder(delay: Duration) -> Result<(u16, Seen)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let seen = Seen::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let field = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .map(|v| v.trim().to_string())
+                    };
+                    let host = field("host:").unwrap_or_default();
+                    let len: usize = field("content-length:")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    record.lock().expect("lock").push((host, len));
+                    tokio::time::sleep(delay).await;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, seen))
+}
+
+#[tokio::test]
+async fn mirrors_get_copies_without_slowing_the_request() -> Result<()> {
+    let (shadow_port, seen) = slow_recorder(Duration::from_millis(500)).await?;
+    let routes = "  - name: mirrored
+    match: [{uri: {prefix: /mirrored}}]
+    route: [{destination: {host: echo.test}}]
+    mirror: {host: shadow.test}
+    mirrorPercentage: {value: 100}
+  - name: half
+    match: [{uri: {prefix: /half}}]
+    route: [{destination: {host: echo.test}}]
+    mirror: {host: shadow.test}
+    mirrorPercentage: {value: 50}
+  - route: [{destination: {host: echo.test}}]
+";
+    let mesh = Mesh::start(
+        &[&["--name", "echo"]],
+        |p| {
+            docs(&[
+                &config(p, routes),
+                &service_entry("shadow.test", 9080, "HTTP", &[(shadow_port, "v1")]),
+            ])
+        },
+        false,
+    )?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    let median = async |c: &mut Client, path: &str, body: usize| -> Result<Duration> {
+        let mut took = Vec::new();
+        for _ in 0..21 {
+            let req =
+                request_with_body(Method::POST, path, ECHO, &[], Bytes::from(vec![b'm'; body]))?;
+            let start = Instant::now();
+            let a = c.send(req).await?;
+            ensure!(
+                a.status == StatusCode::OK,
+                "{path}: {} {}",
+                a.status,
+                a.text()
+            );
+            took.push(start.elapsed());
+        }
+        took.sort();
+        Ok(took[took.len() / 2])
+    };
+    let plain = median(&mut c, "/plain", 1000).await?;
+    let mirrored = median(&mut c, "/mirrored", 1000).await?;
+    eprintln!("p50 {plain:?} plain, {mirrored:?} mirrored to a target answering in 500 ms");
+    ensure!(
+        mirrored < plain + Duration::from_millis(50),
+        "mirroring to a slow target moved p50 from {plain:?} to {mirrored:?}"
+    );
+    // Every copy arrives, with the whole body and the `-shadow` authority.
+    keel_e2e::wait_until(Duration::from_secs(10), || {
+        seen.lock().map(|s| s.len()).unwrap_or(0) >= 21
+    });
+    {
+        let copies = seen.lock().expect("lock");
+        assert_eq!(copies.len(), 21, "{copies:?}");
+        assert!(
+            copies
+                .iter()
+                .all(|(host, len)| host == "echo.test-shadow:9080" && *len == 1000),
+            "{copies:?}"
+        );
+    }
+    // mirrorPercentage: 50 copies about half.
+    for _ in 0..200 {
+        let a = c.send(get("/half", ECHO)?).await?;
+        ensure!(a.status == StatusCode::OK, "{}", a.status);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let half = seen.lock().expect("lock").len() - 21;
+    ensure!((70..=130).contains(&half), "{half} of 200 copied at 50%");
+    // The copies are not counted as requests of the real destination.
+    mesh.expect_requests(&[("destination_service", "echo.test")], 242)?;
+    Ok(())
+}

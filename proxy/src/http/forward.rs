@@ -20,7 +20,9 @@ use crate::metrics::labels::{RequestOutcome, flags};
 use crate::router::{self, RequestInfo};
 use crate::state::cluster::{Discovery, LbPolicy, UpstreamProtocol};
 use crate::state::listener::{ChainAction, HttpManager, RouteSource};
-use crate::state::route::{Action, Forward, RetryOn, RetryPolicy, Route, RouteTable, VirtualHost};
+use crate::state::route::{
+    Action, Forward, Mirror, RetryOn, RetryPolicy, Route, RouteTable, VirtualHost,
+};
 use crate::tcp;
 use crate::upstream::pool::SendError;
 use crate::upstream::{Active, Host, Snapshot, Upstream, is_self};
@@ -351,6 +353,11 @@ async fn forward<B: ReqBody>(
         .retry
         .as_ref()
         .filter(|p| p.num_retries > 0 && upgrade.is_none());
+    let mirrors: Vec<&Mirror> = fwd
+        .mirrors
+        .iter()
+        .filter(|m| dice(m.fraction_ppm))
+        .collect();
     // An empty body (most requests) needs no counting and no replay buffer.
     let bodies = if hyper::body::Body::is_end_stream(&body) {
         Bodies::Empty
@@ -358,11 +365,24 @@ async fn forward<B: ReqBody>(
         let counted = Counted::new(body, Arc::clone(&ctx.request_bytes))
             .map_err(super::BoxError::from)
             .boxed_unsync();
-        match policy {
-            Some(_) => Bodies::Replay(retry::Replay::new(counted, ctx.conn.retry_buffer)),
-            None => Bodies::Once(Some(counted)),
+        if policy.is_some() || !mirrors.is_empty() {
+            Bodies::Replay(retry::Replay::new(counted, ctx.conn.retry_buffer))
+        } else {
+            Bodies::Once(Some(counted))
         }
     };
+    for m in mirrors {
+        if let Some(body) = bodies.follower() {
+            let shadow = Shadow {
+                method: &parts.method,
+                path: uri.path_and_query().map_or("/", |p| p.as_str()),
+                headers: &headers,
+                authority: rewritten_authority.as_deref().unwrap_or(&authority),
+                timeout: fwd.timeout.unwrap_or(MIRROR_TIMEOUT),
+            };
+            shadow.send(&ctx, snap, m, body);
+        }
+    }
     let plan = Plan {
         upstream,
         h2,
@@ -508,6 +528,122 @@ impl Bodies {
             Self::Replay(r) => r.replayable(),
         }
     }
+
+    /// A mirror's copy of the body (`None`: it cannot have one).
+    fn follower(&self) -> Option<Body> {
+        match self {
+            Self::Empty => Some(super::empty()),
+            Self::Once(_) => None,
+            Self::Replay(r) => Some(r.follower()),
+        }
+    }
+}
+
+/// How long a mirrored request may take when its route sets no timeout.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A copy of a request for a mirror (Istio `mirror`/`mirrors`): sent on a
+/// task of its own, its response read and dropped. It never delays or
+/// fails the real request: its body only follows what the real request's
+/// attempts read, and a copy that cannot be made whole is abandoned.
+struct Shadow<'a> {
+    method: &'a Method,
+    /// The path (and query) the real request is sent with.
+    path: &'a str,
+    headers: &'a HeaderMap,
+    /// The real request's authority; the copy's gets `-shadow` on its host.
+    authority: &'a str,
+    timeout: std::time::Duration,
+}
+
+impl Shadow<'_> {
+    fn send(&self, ctx: &Ctx<'_>, snap: &Snapshot, mirror: &Mirror, body: Body) {
+        let Some(upstream) = snap.upstreams.get(&mirror.cluster) else {
+            tracing::debug!(cluster = %mirror.cluster, "mirror: no such cluster");
+            return;
+        };
+        let picked = match &upstream.cluster.discovery {
+            Discovery::Eds { .. } | Discovery::Static(_) => balanced(upstream, None, &[]),
+            _ => Err((
+                ErrorCode::NoHealthyUpstream,
+                "not a balanced cluster".to_string(),
+            )),
+        };
+        let (addr, host, inflight) = match picked {
+            Ok(p) => p,
+            Err((_, detail)) => {
+                tracing::debug!(cluster = %mirror.cluster, "mirror: {detail}");
+                return;
+            }
+        };
+        let pool = match &host.pool {
+            Some(p) => Arc::clone(p),
+            None => ctx.conn.plane.pools().get(addr),
+        };
+        let h2 = match upstream.cluster.protocol {
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::UseDownstream => ctx.conn.h2,
+        };
+        let authority = shadow_authority(self.authority);
+        let uri = if h2 {
+            Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(self.path)
+                .build()
+                .ok()
+        } else {
+            Uri::try_from(self.path).ok()
+        };
+        let (Some(uri), Ok(host_value)) = (uri, HeaderValue::from_str(&authority)) else {
+            tracing::debug!(%authority, "mirror: cannot form the copy's URI");
+            return;
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        *req.headers_mut() = self.headers.clone();
+        if h2 {
+            req.headers_mut().remove(header::HOST);
+        } else {
+            req.headers_mut().insert(header::HOST, host_value);
+        }
+        let connect_timeout = upstream.cluster.connect_timeout;
+        let timeout = self.timeout;
+        let cluster = mirror.cluster.clone();
+        tokio::spawn(async move {
+            let exchange = async {
+                let resp = pool.send(req, h2, connect_timeout).await?;
+                let status = resp.status();
+                // Read to the end, so an HTTP/1.1 connection is reused.
+                let _ = resp.into_body().collect().await;
+                Ok::<_, SendError>(status)
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(Ok(status)) => tracing::debug!(%cluster, %addr, %status, "mirrored"),
+                Ok(Err(e)) => tracing::debug!(%cluster, %addr, error = %e, "mirror failed"),
+                Err(_) => tracing::debug!(%cluster, %addr, ?timeout, "mirror timed out"),
+            }
+            drop(inflight);
+        });
+    }
+}
+
+/// `host-shadow[:port]`, as Envoy names a mirrored request's authority.
+fn shadow_authority(authority: &str) -> String {
+    let (host, port) = match authority.rsplit_once(':') {
+        // A bare IPv6 address: no port to keep apart.
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, ""),
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, &authority[h.len()..]),
+        _ => (authority, ""),
+    };
+    format!("{host}-shadow{port}")
 }
 
 /// What every attempt of one request shares.
@@ -1097,6 +1233,17 @@ mod tests {
         );
         assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
         assert_ne!(request_id(), request_id());
+    }
+
+    #[test]
+    fn shadow_authority_suffixes_the_host() {
+        assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_authority("reviews"), "reviews-shadow");
+        assert_eq!(shadow_authority("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(
+            shadow_authority("example.com:http"),
+            "example.com:http-shadow"
+        );
     }
 }
 #[cfg(test)]

@@ -109,10 +109,12 @@ pub(super) fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
     Duration::from_nanos(fastrand::u64(..nanos.max(1)))
 }
 
-/// A request body kept for replay: every attempt gets a [`ReplayBody`]
-/// that yields the bytes earlier attempts already read, then continues
-/// from the downstream body. At most `limit` bytes are kept; beyond that
-/// the request can no longer be sent again ([`Replay::replayable`]).
+/// A request body kept for replay: every attempt gets a body that yields
+/// the bytes earlier attempts already read, then continues from the
+/// downstream body. At most `limit` bytes are kept; beyond that the request
+/// can no longer be sent again ([`Replay::replayable`]). Mirrors get
+/// follower bodies ([`Replay::follower`]) that only ever read what the
+/// attempts have read, so a slow mirror cannot hold the real request back.
 pub(super) struct Replay {
     shared: Arc<Shared>,
 }
@@ -128,14 +130,24 @@ struct State {
     source: Option<Body>,
     /// What was read from it so far (empty once `overflowed`).
     chunks: Vec<Bytes>,
-    len: usize,
+    /// Bytes read from the downstream body.
+    read: u64,
     trailers: Option<HeaderMap>,
     /// The downstream body ended.
     done: bool,
     /// More than `limit` bytes were read, or reading failed: no replay.
     overflowed: bool,
-    /// An attempt waiting for an earlier one to give the body back.
-    waiting: Option<Waker>,
+    /// Bodies waiting: an attempt for an earlier one to give the
+    /// downstream body back, followers for more bytes.
+    waiting: Vec<Waker>,
+}
+
+impl State {
+    fn wake_all(&mut self) {
+        for w in self.waiting.drain(..) {
+            w.wake();
+        }
+    }
 }
 
 impl Replay {
@@ -149,11 +161,11 @@ impl Replay {
                 state: Mutex::new(State {
                     source: Some(body),
                     chunks: Vec::new(),
-                    len: 0,
+                    read: 0,
                     trailers: None,
                     done: false,
                     overflowed,
-                    waiting: None,
+                    waiting: Vec::new(),
                 }),
                 limit,
                 hint,
@@ -163,10 +175,22 @@ impl Replay {
 
     /// The body for the next attempt.
     pub(super) fn attempt(&self) -> Body {
+        self.body(false)
+    }
+
+    /// A body for a mirror: the bytes the attempts read, as they read them;
+    /// it fails if they outgrow the buffer before it has them.
+    pub(super) fn follower(&self) -> Body {
+        self.body(true)
+    }
+
+    fn body(&self, follower: bool) -> Body {
         use http_body_util::BodyExt;
         ReplayBody {
             shared: Arc::clone(&self.shared),
+            follower,
             next: 0,
+            yielded: 0,
             source: None,
             trailers_sent: false,
         }
@@ -183,48 +207,79 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One attempt's view of a [`Replay`].
+/// What polling a body yields.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+/// One attempt's (or mirror's) view of a [`Replay`].
 struct ReplayBody {
     shared: Arc<Shared>,
+    /// A mirror's: never reads the downstream body itself.
+    follower: bool,
     /// The next kept chunk to yield.
     next: usize,
+    /// Bytes yielded so far.
+    yielded: u64,
     /// The downstream body, while this attempt reads it.
     source: Option<Body>,
     trailers_sent: bool,
+}
+
+impl ReplayBody {
+    /// The next frame from memory, or `None`: read the downstream body
+    /// (now held by this attempt).
+    fn poll_memory(&mut self, st: &mut State, cx: &mut Context<'_>) -> Option<Polled> {
+        if !st.overflowed
+            && let Some(chunk) = st.chunks.get(self.next)
+        {
+            self.next += 1;
+            self.yielded += chunk.len() as u64;
+            return Some(Poll::Ready(Some(Ok(Frame::data(chunk.clone())))));
+        }
+        if self.yielded != st.read {
+            // The bytes between were not kept: this body cannot be whole.
+            return Some(Poll::Ready(Some(Err(
+                "the request body outgrew the retry buffer; it cannot be sent again".into(),
+            ))));
+        }
+        if st.done {
+            return Some(Poll::Ready(match st.trailers.clone() {
+                Some(t) if !self.trailers_sent => {
+                    self.trailers_sent = true;
+                    Some(Ok(Frame::trailers(t)))
+                }
+                _ => None,
+            }));
+        }
+        if self.follower {
+            st.waiting.push(cx.waker().clone());
+            return Some(Poll::Pending);
+        }
+        match st.source.take() {
+            Some(s) => {
+                self.source = Some(s);
+                None
+            }
+            None => {
+                // An earlier attempt still holds it; it gives it back when
+                // dropped.
+                st.waiting.push(cx.waker().clone());
+                Some(Poll::Pending)
+            }
+        }
+    }
 }
 
 impl hyper::body::Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = &mut *self;
         if this.source.is_none() {
-            let mut st = lock(&this.shared.state);
-            if let Some(chunk) = st.chunks.get(this.next) {
-                this.next += 1;
-                return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
-            }
-            if st.done {
-                return Poll::Ready(match st.trailers.clone() {
-                    Some(t) if !this.trailers_sent => {
-                        this.trailers_sent = true;
-                        Some(Ok(Frame::trailers(t)))
-                    }
-                    _ => None,
-                });
-            }
-            match st.source.take() {
-                Some(s) => this.source = Some(s),
-                None => {
-                    // An earlier attempt still holds it; it gives it back
-                    // when dropped.
-                    st.waiting = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
+            let shared = Arc::clone(&this.shared);
+            let mut st = lock(&shared.state);
+            if let Some(ready) = this.poll_memory(&mut st, cx) {
+                return ready;
             }
         }
         let Some(source) = this.source.as_mut() else {
@@ -235,15 +290,15 @@ impl hyper::body::Body for ReplayBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    st.read += data.len() as u64;
+                    this.yielded += data.len() as u64;
                     if !st.overflowed {
-                        if st.len + data.len() <= this.shared.limit {
-                            st.len += data.len();
+                        if st.read <= this.shared.limit as u64 {
                             st.chunks.push(data.clone());
                             this.next = st.chunks.len();
                         } else {
                             st.overflowed = true;
                             st.chunks = Vec::new();
-                            st.len = 0;
                             this.next = 0;
                         }
                     }
@@ -261,14 +316,19 @@ impl hyper::body::Body for ReplayBody {
             // Ended: later attempts replay from the chunks alone.
             this.source = None;
         }
+        if !matches!(polled, Poll::Pending) {
+            st.wake_all();
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
         let st = lock(&self.shared.state);
-        st.done && self.source.is_none() && self.next >= st.chunks.len() && {
-            st.trailers.is_none() || self.trailers_sent
-        }
+        st.done
+            && self.source.is_none()
+            && self.yielded == st.read
+            && (st.overflowed || self.next >= st.chunks.len())
+            && (st.trailers.is_none() || self.trailers_sent)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -281,9 +341,7 @@ impl Drop for ReplayBody {
         if let Some(source) = self.source.take() {
             let mut st = lock(&self.shared.state);
             st.source = Some(source);
-            if let Some(w) = st.waiting.take() {
-                w.wake();
-            }
+            st.wake_all();
         }
     }
 }

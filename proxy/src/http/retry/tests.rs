@@ -270,3 +270,37 @@ async fn a_failed_downstream_body_is_not_replayable() {
     assert!(replay.attempt().collect().await.is_err());
     assert!(!replay.replayable());
 }
+
+#[tokio::test]
+async fn a_follower_reads_only_what_the_attempt_read_and_fails_on_overflow() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
+    let replay = Replay::new(body, 1024);
+    // The mirror starts first: it must not take the downstream body.
+    let mirror = tokio::spawn(read_all(replay.follower()));
+    let mut attempt = replay.attempt();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"one "))))
+        .await
+        .expect("send");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"two"))))
+        .await
+        .expect("send");
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some(frame) = attempt.frame().await {
+        got.extend_from_slice(&frame.expect("a frame").into_data().expect("data"));
+    }
+    assert_eq!(got, b"one two");
+    assert_eq!(mirror.await.expect("the mirror").0, b"one two");
+
+    // Past the limit, a follower that has not got every byte fails.
+    let big = stream(vec![
+        Frame::data(Bytes::from(vec![b'a'; 600])),
+        Frame::data(Bytes::from(vec![b'b'; 600])),
+    ]);
+    let replay = Replay::new(big, 1000);
+    let follower = replay.follower();
+    let (bytes, _) = read_all(replay.attempt()).await;
+    assert_eq!(bytes.len(), 1200);
+    assert!(follower.collect().await.is_err());
+}
