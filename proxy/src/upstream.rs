@@ -19,6 +19,7 @@ use crate::FastMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -48,6 +49,59 @@ pub struct Upstream {
     pub inbound: bool,
     /// Requests in flight to this cluster (carried across rebuilds).
     active: Arc<AtomicUsize>,
+    /// Retry accounting (carried across rebuilds).
+    retries: Arc<Retries>,
+}
+
+/// A cluster's retries in flight, and for interval retry budgets the
+/// requests started recently.
+#[derive(Debug, Default)]
+struct Retries {
+    in_flight: AtomicUsize,
+    recent: Mutex<Recent>,
+}
+
+/// Requests started in the current and the previous budget interval; the
+/// count "within the last interval" weighs the previous one by how much
+/// of it the window still covers.
+#[derive(Debug, Default)]
+struct Recent {
+    start: Option<Instant>,
+    current: u64,
+    previous: u64,
+}
+
+impl Recent {
+    fn roll(&mut self, now: Instant, interval: Duration) -> f64 {
+        let start = *self.start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= interval * 2 {
+            self.previous = 0;
+            self.current = 0;
+            self.start = Some(now);
+        } else if elapsed >= interval {
+            self.previous = self.current;
+            self.current = 0;
+            self.start = Some(start + interval);
+        }
+        let into = now.saturating_duration_since(self.start.unwrap_or(now));
+        1.0 - (into.as_secs_f64() / interval.as_secs_f64()).min(1.0)
+    }
+
+    fn count(&mut self, now: Instant, interval: Duration) -> u64 {
+        let weight = self.roll(now, interval);
+        self.current + (self.previous as f64 * weight).round() as u64
+    }
+}
+
+/// One retry counted against its cluster's retry limits until dropped.
+#[derive(Debug)]
+pub struct RetryToken(Arc<Retries>);
+
+impl Drop for RetryToken {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Counts one request against its cluster's circuit breakers until dropped.
@@ -82,6 +136,55 @@ impl Upstream {
             ));
         }
         Ok(active)
+    }
+
+    /// Notes a new request, for retry budgets over an interval (a no-op
+    /// for every other cluster).
+    pub fn note_request(&self) {
+        if let Some(interval) = self
+            .cluster
+            .circuit_breakers
+            .retry_budget
+            .and_then(|b| b.interval)
+        {
+            let mut recent = self
+                .retries
+                .recent
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            recent.roll(Instant::now(), interval);
+            recent.current += 1;
+        }
+    }
+
+    /// Admits one more retry, or says why not: the `max_retries` circuit
+    /// breaker (Istio `maxRetries`) or the retry budget is full.
+    pub fn admit_retry(&self) -> Result<RetryToken, &'static str> {
+        let cb = &self.cluster.circuit_breakers;
+        let mut limit = u64::from(cb.max_retries);
+        let mut reason = "max_retries";
+        if let Some(b) = cb.retry_budget {
+            let requests = match b.interval {
+                Some(interval) => self
+                    .retries
+                    .recent
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .count(Instant::now(), interval),
+                None => self.active.load(Relaxed) as u64,
+            };
+            let budget = b.allowed(requests);
+            if budget < limit {
+                limit = budget;
+                reason = "retry_budget";
+            }
+        }
+        let before = self.retries.in_flight.fetch_add(1, Relaxed);
+        let token = RetryToken(Arc::clone(&self.retries));
+        if before as u64 >= limit {
+            return Err(reason);
+        }
+        Ok(token)
     }
 }
 
@@ -336,6 +439,7 @@ fn new_upstream(
         None => Balancer::new(cluster, eps),
     };
     let active = previous.map(|u| Arc::clone(&u.active)).unwrap_or_default();
+    let retries = previous.map(|u| Arc::clone(&u.retries)).unwrap_or_default();
     let inbound = cluster.name.starts_with("inbound|");
     let labels = |endpoint: Option<&Endpoint>| -> PeerLabels {
         if inbound {
@@ -376,6 +480,7 @@ fn new_upstream(
         hosts,
         inbound,
         active,
+        retries,
     }
 }
 
@@ -383,4 +488,26 @@ fn new_upstream(
 /// that was not redirected): connecting there would loop.
 pub fn is_self(dst: SocketAddr, local: SocketAddr) -> bool {
     dst == local
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_requests_fade_out_over_the_next_interval() {
+        let interval = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut r = Recent::default();
+        r.roll(t0, interval);
+        r.current += 10;
+        assert_eq!(r.count(t0 + Duration::from_secs(5), interval), 10);
+        // A new interval: the previous one still counts in full at its
+        // start, half of it halfway through, nothing after.
+        assert_eq!(r.count(t0 + Duration::from_secs(10), interval), 10);
+        r.current += 4;
+        assert_eq!(r.count(t0 + Duration::from_secs(15), interval), 9);
+        assert_eq!(r.count(t0 + Duration::from_secs(20), interval), 4);
+        assert_eq!(r.count(t0 + Duration::from_secs(45), interval), 0);
+    }
 }

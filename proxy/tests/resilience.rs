@@ -299,9 +299,9 @@ async fn fault_abort_fails_its_percentage_for_http_and_grpc() -> Result<()> {
 /// What a mirror target saw: each request's `Host` and body length.
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>;
 
-/// A bare HTTP/1.1 server that records every request, then answers 200
-/// after `delay`: a slow mirror target.
-async fn slow_recorder(delay: Duration) -> Result<(u16, Seen)> {
+/// A bare HTTP/1.1 server that records every request, then answers
+/// `status` (with no body) after `delay`.
+async fn recorder(status: &'static str, delay: Duration) -> Result<(u16, Seen)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -343,8 +343,8 @@ async fn slow_recorder(delay: Duration) -> Result<(u16, Seen)> {
                     buf.drain(..head_end + len);
                     record.lock().expect("lock").push((host, len));
                     tokio::time::sleep(delay).await;
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                    if s.write_all(ok).await.is_err() {
+                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
                 }
@@ -356,7 +356,7 @@ async fn slow_recorder(delay: Duration) -> Result<(u16, Seen)> {
 
 #[tokio::test]
 async fn mirrors_get_copies_without_slowing_the_request() -> Result<()> {
-    let (shadow_port, seen) = slow_recorder(Duration::from_millis(500)).await?;
+    let (shadow_port, seen) = recorder("200 OK", Duration::from_millis(500)).await?;
     let routes = "  - name: mirrored
     match: [{uri: {prefix: /mirrored}}]
     route: [{destination: {host: echo.test}}]
@@ -429,5 +429,102 @@ async fn mirrors_get_copies_without_slowing_the_request() -> Result<()> {
     ensure!((70..=130).contains(&half), "{half} of 200 copied at 50%");
     // The copies are not counted as requests of the real destination.
     mesh.expect_requests(&[("destination_service", "echo.test")], 242)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retry_budget_caps_retries_when_every_endpoint_fails() -> Result<()> {
+    // Every attempt fails after 50 ms. Both services retry 3 times on 5xx;
+    // only `budgeted.test` has a DestinationRule with a retry budget.
+    let (port, seen) = recorder("503 Service Unavailable", Duration::from_millis(50)).await?;
+    let vs = |host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}, namespace: default}}
+spec:
+  hosts: [{host}.test]
+  http:
+  - retries: {{attempts: 3, retryOn: 5xx}}
+    route: [{{destination: {{host: {host}.test}}}}]
+"
+        )
+    };
+    let budget = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: budgeted, namespace: default}
+spec:
+  host: budgeted.test
+  trafficPolicy:
+    retryBudget: {percent: 20, minRetryConcurrency: 1}
+";
+    let mesh = Mesh::start(
+        &[&["--name", "unused"]],
+        |_| {
+            docs(&[
+                &service_entry("budgeted.test", 9080, "HTTP", &[(port, "v1")]),
+                &service_entry("unbudgeted.test", 9080, "HTTP", &[(port, "v1")]),
+                &vs("budgeted"),
+                &vs("unbudgeted"),
+                budget,
+            ])
+        },
+        false,
+    )?;
+    const CLIENTS: usize = 40;
+    const EACH: usize = 5;
+    let run = async |host: &'static str| -> Result<(usize, usize)> {
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let mut c = Client::h1(mesh.outbound()).await?;
+            tasks.push(tokio::spawn(async move {
+                let mut skipped = 0;
+                for _ in 0..EACH {
+                    let a = c.send(get("/", host)?).await?;
+                    ensure!(a.status == StatusCode::SERVICE_UNAVAILABLE, "{}", a.status);
+                    if a.header("x-keel-retry-skipped") == Some("retry_budget_exhausted") {
+                        skipped += 1;
+                    }
+                }
+                anyhow::Ok(skipped)
+            }));
+        }
+        let mut skipped = 0;
+        for t in tasks {
+            skipped += t.await??;
+        }
+        let attempts = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(h, _)| h == host)
+            .count();
+        Ok((attempts, skipped))
+    };
+    let requests = CLIENTS * EACH;
+    let (free, free_skipped) = run("unbudgeted.test:9080").await?;
+    let (capped, skipped) = run("budgeted.test:9080").await?;
+    eprintln!(
+        "{requests} requests to a failing endpoint: {free} attempts without a budget, \
+         {capped} with 20% ({skipped} refused a retry)"
+    );
+    // Without a budget every request is tried four times.
+    ensure!(
+        free == 4 * requests && free_skipped == 0,
+        "{free} attempts, {free_skipped} skipped"
+    );
+    // With it, at most ~8 retries run at once (20% of 40): well under half.
+    ensure!(
+        capped < 2 * requests,
+        "{capped} attempts for {requests} requests under a 20% retry budget"
+    );
+    ensure!(skipped > 0, "no request was refused a retry");
+    mesh.expect_requests(
+        &[
+            ("destination_service", "budgeted.test"),
+            ("response_flags", "overflow"),
+        ],
+        skipped as u64,
+    )?;
     Ok(())
 }

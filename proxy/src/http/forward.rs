@@ -271,6 +271,7 @@ async fn forward<B: ReqBody>(
             return proxy_error(&mut ctx, Some(upstream), ErrorCode::Overflow, &detail);
         }
     }
+    upstream.note_request();
     // Balanced clusters pick synchronously; the resolving kinds (original
     // destination, DNS) are boxed so their futures do not grow this one.
     let picked = match &upstream.cluster.discovery {
@@ -489,10 +490,10 @@ async fn forward<B: ReqBody>(
     {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
-    let flags = if exhausted {
-        flags::UPSTREAM_RETRY_LIMIT_EXCEEDED
-    } else {
-        fault_flags
+    let flags = match skipped {
+        _ if exhausted => flags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+        Some("retry_budget_exhausted" | "max_retries") => flags::UPSTREAM_OVERFLOW,
+        _ => fault_flags,
     };
     finish(ctx, &host, resp, flags)
 }
@@ -697,6 +698,8 @@ async fn attempts(
     let mut next = Some(first);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
+    // Counts the retry in flight against the cluster's retry limits.
+    let mut _retry_token = None;
     loop {
         attempt += 1;
         let (addr, host, inflight) = match next.take() {
@@ -805,6 +808,19 @@ async fn attempts(
                 "not retried: the request body is larger than the retry buffer"
             );
             return done(false, Some("request_body_too_large"));
+        }
+        match upstream.admit_retry() {
+            // The previous retry (if any) is over: its token goes.
+            Ok(token) => _retry_token = Some(token),
+            Err(limit) => {
+                tracing::debug!(cluster = %cluster.name, limit, "not retried: retry limit reached");
+                let why = if limit == "retry_budget" {
+                    "retry_budget_exhausted"
+                } else {
+                    "max_retries"
+                };
+                return done(false, Some(why));
+            }
         }
         tracing::debug!(cluster = %cluster.name, %addr, attempt, "retrying");
         tried.push(addr);

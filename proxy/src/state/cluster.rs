@@ -98,6 +98,9 @@ pub struct CircuitBreakers {
     pub max_requests: u32,
     /// Concurrent retries.
     pub max_retries: u32,
+    /// Concurrent retries as a share of the requests (DestinationRule
+    /// `connectionPool.http.retryBudget`).
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl Default for CircuitBreakers {
@@ -108,7 +111,31 @@ impl Default for CircuitBreakers {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
+    }
+}
+
+/// Envoy's retry budget: active retries are limited to a share of the
+/// active requests, or with an interval of the requests started within it,
+/// and never below a floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RetryBudget {
+    /// The share, in hundredths of a percent (2000 = 20%).
+    pub percent_hundredths: u32,
+    /// Active retries always allowed.
+    pub min_retry_concurrency: u32,
+    /// Count the requests started within this window rather than those in
+    /// flight.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub interval: Option<Duration>,
+}
+
+impl RetryBudget {
+    /// Active retries allowed when `requests` count.
+    pub fn allowed(&self, requests: u64) -> u64 {
+        let share = requests.saturating_mul(u64::from(self.percent_hundredths)) / 10_000;
+        share.max(u64::from(self.min_retry_concurrency))
     }
 }
 
@@ -172,5 +199,30 @@ impl Cluster {
             Discovery::Eds { service_name } => Some(service_name),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_budget_is_a_share_with_a_floor() {
+        let b = RetryBudget {
+            percent_hundredths: 2000,
+            min_retry_concurrency: 3,
+            interval: None,
+        };
+        assert_eq!(b.allowed(0), 3);
+        assert_eq!(b.allowed(10), 3);
+        assert_eq!(b.allowed(40), 8);
+        assert_eq!(b.allowed(1001), 200);
+        let quarter = RetryBudget {
+            percent_hundredths: 2500,
+            min_retry_concurrency: 0,
+            interval: None,
+        };
+        assert_eq!(quarter.allowed(3), 0);
+        assert_eq!(quarter.allowed(4), 1);
     }
 }

@@ -24,9 +24,25 @@ use super::convert::{At, FieldError, Result, duration, opt_nonzero_duration};
 use super::eds::load_assignment;
 use super::lds::port;
 use crate::state::cluster::{
-    CircuitBreakers, Cluster, Discovery, IstioClusterMeta, LbPolicy, OutlierDetection, ServiceRef,
-    UpstreamProtocol,
+    CircuitBreakers, Cluster, Discovery, IstioClusterMeta, LbPolicy, OutlierDetection, RetryBudget,
+    ServiceRef, UpstreamProtocol,
 };
+
+/// Envoy's retry budget, with its defaults (20%, at least 3).
+fn retry_budget(b: &pb::circuit_breakers::thresholds::RetryBudget) -> Result<RetryBudget> {
+    let percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(FieldError::new(
+            "budget_percent",
+            format!("{percent} is not a percentage (0 to 100)"),
+        ));
+    }
+    Ok(RetryBudget {
+        percent_hundredths: (percent * 100.0).round() as u32,
+        min_retry_concurrency: b.min_retry_concurrency.map_or(3, |v| v.value),
+        interval: opt_nonzero_duration(b.budget_interval.as_ref(), "budget_interval")?,
+    })
+}
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -180,6 +196,12 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster> {
             ),
             max_requests: v(t.max_requests, circuit_breakers.max_requests),
             max_retries: v(t.max_retries, circuit_breakers.max_retries),
+            retry_budget: t
+                .retry_budget
+                .as_ref()
+                .map(retry_budget)
+                .transpose()
+                .at("circuit_breakers.thresholds[0].retry_budget")?,
         };
     }
     let outlier_detection = c

@@ -24,7 +24,7 @@ use super::util::{ads, duration, map, socket, string_struct, string_value, u32v}
 use super::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, cluster_name};
 use crate::model::networking::{
     ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
-    PortTrafficPolicy, Resolution, SimpleLb, TrafficPolicy,
+    PortTrafficPolicy, Resolution, RetryBudget, SimpleLb, TrafficPolicy,
 };
 use crate::model::registry::{Protocol, ServiceInfo, ServiceSource};
 use crate::xds::Resource;
@@ -225,7 +225,8 @@ fn outbound_cluster(
     if c.lb_policy != cluster::LbPolicy::ClusterProvided as i32 {
         apply_lb(&mut c, lb, grpc);
     }
-    apply_pool(&mut c, pool, grpc);
+    let budget = policies.iter().rev().find_map(|p| p.retry_budget.as_ref());
+    apply_pool(&mut c, pool, budget, grpc);
     if let Some(od) = outlier {
         apply_outlier(&mut c, od);
     }
@@ -293,7 +294,12 @@ fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>, grpc: bool) {
     } as i32;
 }
 
-fn apply_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>, grpc: bool) {
+fn apply_pool(
+    c: &mut Cluster,
+    pool: Option<&ConnectionPoolSettings>,
+    budget: Option<&RetryBudget>,
+    grpc: bool,
+) {
     // Istio's defaults: effectively unlimited, so only the rule's limits bite.
     const MAX: u32 = u32::MAX;
     let clamp = |v: Option<i64>| v.map(|v| v.clamp(0, i64::from(MAX)) as u32);
@@ -306,6 +312,11 @@ fn apply_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>, grpc: bool
         ),
         max_requests: u32v(clamp(http.and_then(|h| h.http2_max_requests)).unwrap_or(MAX)),
         max_retries: u32v(clamp(http.and_then(|h| h.max_retries)).unwrap_or(MAX)),
+        retry_budget: budget.map(|b| circuit_breakers::thresholds::RetryBudget {
+            budget_percent: b.percent.map(|value| EnvoyPercent { value }),
+            min_retry_concurrency: b.min_retry_concurrency.and_then(u32v),
+            budget_interval: b.budget_interval.as_ref().map(|d| duration(d.0)),
+        }),
         track_remaining: true,
         ..Default::default()
     };

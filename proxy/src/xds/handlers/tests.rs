@@ -503,3 +503,48 @@ fn unsupported_cluster_type_and_non_ads_rds_are_rejected() {
         ["cluster redis: cluster_type: unsupported cluster type \"envoy.clusters.redis\""]
     );
 }
+
+#[test]
+fn retry_budgets_arrive_and_a_bad_one_is_rejected_alone() {
+    use crate::state::cluster::RetryBudget;
+    use keel_proto::envoy::config::cluster::v3 as pbc;
+    let state = load("registry-only");
+    let name = "outbound|9080||ratings.default.svc.cluster.local";
+    assert_eq!(
+        state.clusters[name].circuit_breakers.retry_budget,
+        Some(RetryBudget {
+            percent_hundredths: 2500,
+            min_retry_concurrency: 2,
+            interval: Some(std::time::Duration::from_secs(10)),
+        })
+    );
+    // Over 100%: that cluster alone is refused, naming the field.
+    let mut clusters: Vec<pbc::Cluster> = generate("registry-only", CLUSTER, None)
+        .iter()
+        .map(|a| keel_proto::any::unpack(a).expect("a cluster"))
+        .collect();
+    let ratings = clusters
+        .iter_mut()
+        .find(|c| c.name == name)
+        .expect("the ratings cluster");
+    let t = &mut ratings
+        .circuit_breakers
+        .as_mut()
+        .expect("circuit breakers")
+        .thresholds[0];
+    t.retry_budget
+        .as_mut()
+        .expect("a retry budget")
+        .budget_percent = Some(keel_proto::envoy::r#type::v3::Percent { value: 150.0 });
+    let resources = clusters.iter().map(pack).collect();
+    let a = apply(&state, &response(CLUSTER, "2", resources), &BTreeSet::new());
+    assert_eq!(a.errors.len(), 1, "{:?}", a.errors);
+    assert!(
+        a.errors[0].contains(
+            "circuit_breakers.thresholds[0].retry_budget.budget_percent: 150 is not a percentage"
+        ),
+        "{}",
+        a.errors[0]
+    );
+    assert!(Arc::ptr_eq(&a.state.clusters[name], &state.clusters[name]));
+}
