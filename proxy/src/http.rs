@@ -11,6 +11,7 @@
 
 pub mod access_log;
 pub mod body;
+mod cors;
 mod error;
 mod forward;
 mod retry;

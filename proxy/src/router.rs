@@ -582,7 +582,7 @@ fn query_value<'p>(path_and_query: &'p str, name: &str) -> Option<&'p str> {
 
 /// Envoy's `StringMatcher` on raw bytes; `ignore_case` is ASCII-only and
 /// does not apply to regexes, which need the value to be UTF-8.
-fn string_matches(sm: &StringMatcher, value: &[u8]) -> bool {
+pub fn string_matches(sm: &StringMatcher, value: &[u8]) -> bool {
     let eq = |a: &[u8], b: &[u8]| {
         if sm.ignore_case {
             a.eq_ignore_ascii_case(b)

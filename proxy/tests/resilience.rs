@@ -528,3 +528,68 @@ spec:
     )?;
     Ok(())
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_allowed_origins_get_headers() -> Result<()> {
+    let routes = "  - corsPolicy:
+      allowOrigins: [{exact: \"https://app.test\"}, {regex: \"https://.*\\\\.trusted\\\\.test\"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-echo-name]
+      maxAge: 10m
+      allowCredentials: true
+    route: [{destination: {host: echo.test}}]
+";
+    let mesh = Mesh::start(&[&["--name", "echo"]], |p| config(p, routes), false)?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    let preflight = |origin: &str| {
+        support::request(
+            Method::OPTIONS,
+            "/api",
+            ECHO,
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "x-token"),
+            ],
+        )
+    };
+    // An allowed origin's preflight is answered by the proxy.
+    let a = c.send(preflight("https://app.test")?).await?;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://app.test")
+    );
+    assert_eq!(a.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(a.header("access-control-allow-headers"), Some("x-token"));
+    assert_eq!(a.header("access-control-max-age"), Some("600"));
+    assert_eq!(a.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        a.header("x-echo-name"),
+        None,
+        "the preflight reached the app"
+    );
+    // Another origin's preflight goes to the app, without CORS headers.
+    let a = c.send(preflight("https://evil.test")?).await?;
+    assert_eq!(a.header("x-echo-name"), Some("echo"));
+    assert_eq!(a.header("access-control-allow-origin"), None);
+    // Requests from allowed origins get the headers on the app's answer.
+    let get_from =
+        |origin: &str| support::request(Method::GET, "/api", ECHO, &[("origin", origin)]);
+    let a = c.send(get_from("https://x.trusted.test")?).await?;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("x-echo-name"), Some("echo"));
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://x.trusted.test")
+    );
+    assert_eq!(
+        a.header("access-control-expose-headers"),
+        Some("x-echo-name")
+    );
+    let a = c.send(get_from("https://evil.test")?).await?;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("access-control-allow-origin"), None);
+    Ok(())
+}

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use super::access_log::{Entry, rfc3339};
 use super::body::{Completion, Counted, Observed};
 use super::error::{self, ErrorCode};
-use super::{Body, ConnCtx, Role, full, is_grpc, retry};
+use super::{Body, ConnCtx, Role, cors, full, is_grpc, retry};
 use crate::balance::{InFlight, PickRequest};
 use crate::listen::chain;
 use crate::metrics::labels::{RequestOutcome, flags};
@@ -128,7 +128,16 @@ where
     if let Some(e) = ctx.log.as_mut() {
         e.route_name = route.name.clone();
     }
-    match &route.action {
+    let cors = route
+        .cors
+        .as_ref()
+        .and_then(|c| cors::allowed_origin(c, req.headers()).map(|origin| (c, origin)));
+    if let Some((c, origin)) = &cors
+        && cors::is_preflight(req.method(), req.headers())
+    {
+        return local_response(&mut ctx, cors::preflight(c, origin.clone()), flags::NONE);
+    }
+    let mut resp = match &route.action {
         Action::Direct { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             let mut resp = Response::new(body.clone().map_or_else(super::empty, full));
@@ -159,7 +168,11 @@ where
             // pointer moves cheaper than the whole state.
             Box::pin(forward(ctx, &snap, vh, route, fwd, req, authority, hash)).await
         }
+    };
+    if let Some((c, origin)) = cors {
+        cors::decorate(c, origin, resp.headers_mut());
     }
+    resp
 }
 
 /// The authority a request addresses: the URI's (absolute-form, HTTP/2),
