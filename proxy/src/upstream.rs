@@ -51,6 +51,8 @@ pub struct Upstream {
     active: Arc<AtomicUsize>,
     /// Retry accounting (carried across rebuilds).
     retries: Arc<Retries>,
+    /// HTTP/1.1 exchanges allowed at once (`maxConnections`), when limited.
+    connections: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A cluster's retries in flight, and for interval retry budgets the
@@ -104,9 +106,10 @@ impl Drop for RetryToken {
     }
 }
 
-/// Counts one request against its cluster's circuit breakers until dropped.
+/// Counts one request against its cluster's circuit breakers until dropped
+/// (and holds its HTTP/1.1 connection slot, once it has one).
 #[derive(Debug)]
-pub struct Active(Arc<AtomicUsize>);
+pub struct Active(Arc<AtomicUsize>, Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -128,7 +131,7 @@ impl Upstream {
             );
         }
         let before = self.active.fetch_add(1, Relaxed);
-        let active = Active(Arc::clone(&self.active));
+        let active = Active(Arc::clone(&self.active), None);
         if before >= limit {
             return Err(format!(
                 "{} already has {before} requests in flight (limit {limit}: max_requests {}, max_connections {}, max_pending_requests {})",
@@ -136,6 +139,18 @@ impl Upstream {
             ));
         }
         Ok(active)
+    }
+
+    /// Waits for one of the cluster's `maxConnections` HTTP/1.1 connection
+    /// slots (the request is pending meanwhile; `admit` bounded how many may
+    /// wait), held by `active` until the response ends. Immediate when the
+    /// cluster has no connection limit.
+    pub async fn connection_slot(&self, active: &mut Active) {
+        if let Some(slots) = &self.connections
+            && let Ok(permit) = Arc::clone(slots).acquire_owned().await
+        {
+            active.1 = Some(permit);
+        }
     }
 
     /// Notes a new request, for retry budgets over an interval (a no-op
@@ -440,6 +455,13 @@ fn new_upstream(
     };
     let active = previous.map(|u| Arc::clone(&u.active)).unwrap_or_default();
     let retries = previous.map(|u| Arc::clone(&u.retries)).unwrap_or_default();
+    let max_connections = cluster.circuit_breakers.max_connections;
+    let connections = (max_connections < u32::MAX).then(|| {
+        previous
+            .filter(|u| u.cluster.circuit_breakers.max_connections == max_connections)
+            .and_then(|u| u.connections.clone())
+            .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(max_connections as usize)))
+    });
     let inbound = cluster.name.starts_with("inbound|");
     let labels = |endpoint: Option<&Endpoint>| -> PeerLabels {
         if inbound {
@@ -481,6 +503,7 @@ fn new_upstream(
         inbound,
         active,
         retries,
+        connections,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Circuit breakers: with `maxConnections: 1` and
-//! `http1MaxPendingRequests: 1`, two requests may be in flight to the
-//! service; further concurrent ones are answered by the proxy itself with
-//! `503`, `x-keel-error: overflow` and `response_flags="overflow"`.
+//! `http1MaxPendingRequests: 1`, one request is sent to the service and one
+//! waits for its connection; further concurrent ones are answered by the
+//! proxy itself with `503`, `x-keel-error: overflow` and
+//! `response_flags="overflow"`.
 
 use std::time::Duration;
 
@@ -52,21 +53,29 @@ spec:
             std::thread::spawn(move || {
                 // Staggered so the first two are surely in flight first.
                 std::thread::sleep(Duration::from_millis(if i < 2 { 0 } else { 300 }));
-                http_send(out, "GET", "/", &[("Host", "slow.test:9080")], b"")
+                let start = std::time::Instant::now();
+                let a = http_send(out, "GET", "/", &[("Host", "slow.test:9080")], b"");
+                a.map(|a| (a, start.elapsed()))
             })
         })
         .collect();
-    let mut ok = 0;
+    let mut ok = Vec::new();
     let mut overflow = 0;
     for c in calls {
-        let a = c.join().expect("client thread")?;
+        let (a, took) = c.join().expect("client thread")?;
         match (a.status, a.headers.get("x-keel-error").map(String::as_str)) {
-            (200, None) => ok += 1,
+            (200, None) => ok.push(took),
             (503, Some("overflow")) => overflow += 1,
             other => panic!("unexpected answer {other:?}: {}", a.body),
         }
     }
-    assert_eq!((ok, overflow), (2, 3));
+    assert_eq!((ok.len(), overflow), (2, 3));
+    // One connection: the second request waited for the first (1.5 s each).
+    ok.sort();
+    assert!(
+        ok[0] < Duration::from_millis(2500) && ok[1] >= Duration::from_millis(2800),
+        "the two answers took {ok:?}: the pending one should wait for the connection"
+    );
     let stats = proxy.stats()?;
     let overflowed = stats
         .lines()

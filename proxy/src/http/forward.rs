@@ -24,7 +24,7 @@ use crate::state::route::{
     Action, Forward, Mirror, RetryOn, RetryPolicy, Route, RouteTable, VirtualHost,
 };
 use crate::tcp;
-use crate::upstream::pool::SendError;
+use crate::upstream::pool::{ConnLimits, SendError};
 use crate::upstream::{Active, Host, Snapshot, Upstream, is_self};
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
@@ -279,7 +279,12 @@ async fn forward<B: ReqBody>(
         UpstreamProtocol::UseDownstream => ctx.conn.h2,
     };
     match upstream.admit(h2) {
-        Ok(a) => ctx.active = Some(a),
+        Ok(mut a) => {
+            if !h2 {
+                upstream.connection_slot(&mut a).await;
+            }
+            ctx.active = Some(a);
+        }
         Err(detail) => {
             return proxy_error(&mut ctx, Some(upstream), ErrorCode::Overflow, &detail);
         }
@@ -628,12 +633,12 @@ impl Shadow<'_> {
         } else {
             req.headers_mut().insert(header::HOST, host_value);
         }
-        let connect_timeout = upstream.cluster.connect_timeout;
+        let limits = ConnLimits::from(&*upstream.cluster);
         let timeout = self.timeout;
         let cluster = mirror.cluster.clone();
         tokio::spawn(async move {
             let exchange = async {
-                let resp = pool.send(req, h2, connect_timeout).await?;
+                let resp = pool.send(req, h2, limits).await?;
                 let status = resp.status();
                 // Read to the end, so an HTTP/1.1 connection is reused.
                 let _ = resp.into_body().collect().await;
@@ -772,7 +777,7 @@ async fn attempts(
             up.headers_mut()
                 .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
-        let sent = pool.send(up, plan.h2, cluster.connect_timeout);
+        let sent = pool.send(up, plan.h2, ConnLimits::from(&**cluster));
         let per_try = plan.policy.and_then(|p| p.per_try_timeout);
         let outcome = match per_try {
             Some(t) => match tokio::time::timeout(t, sent).await {

@@ -26,7 +26,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::pool::Pool;
+use super::pool::{ConnLimits, Pool};
 use crate::http::{Body, BoxError};
 
 /// The largest response head accepted.
@@ -48,6 +48,10 @@ pub struct Conn {
     /// Whether it has carried an exchange before (a failure on a reused
     /// connection may be the server closing it while idle).
     reused: bool,
+    /// Exchanges it has carried.
+    uses: u32,
+    /// Since when it has been idle (set when it goes back to its pool).
+    idle_since: Option<std::time::Instant>,
 }
 
 impl fmt::Debug for Conn {
@@ -66,7 +70,24 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             reused: false,
+            uses: 0,
+            idle_since: None,
         }
+    }
+
+    /// Exchanges it has carried.
+    pub fn uses(&self) -> u32 {
+        self.uses
+    }
+
+    /// Marks it idle from now.
+    pub fn set_idle(&mut self) {
+        self.idle_since = Some(std::time::Instant::now());
+    }
+
+    /// Whether it has been idle longer than `timeout`.
+    pub fn idle_longer_than(&self, timeout: std::time::Duration) -> bool {
+        self.idle_since.is_some_and(|t| t.elapsed() > timeout)
     }
 
     /// Whether an idle connection can carry another request: the server
@@ -216,12 +237,17 @@ pub async fn exchange(
     conn: Conn,
     req: Encoded,
     pool: Weak<Pool>,
+    limits: ConnLimits,
 ) -> Result<Response<ResponseBody>, Failure> {
     let mut ex = Exchange::new(conn, req);
     let head = std::future::poll_fn(|cx| ex.poll_head(cx)).await;
     match head {
         Ok(parts) => {
-            let body = ResponseBody { ex: Some(ex), pool };
+            let body = ResponseBody {
+                ex: Some(ex),
+                pool,
+                limits,
+            };
             Ok(Response::from_parts(parts, body))
         }
         Err(error) => {
@@ -286,6 +312,8 @@ enum Chunk {
 impl Exchange {
     fn new(mut conn: Conn, req: Encoded) -> Self {
         let was_reused = std::mem::replace(&mut conn.reused, true);
+        conn.uses = conn.uses.saturating_add(1);
+        conn.idle_since = None;
         let body = match req.framing {
             Framing::Empty => None,
             _ => Some(req.body),
@@ -860,6 +888,7 @@ fn connection_tokens(value: &[u8]) -> ConnectionTokens {
 pub struct ResponseBody {
     ex: Option<Exchange>,
     pool: Weak<Pool>,
+    limits: ConnLimits,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -876,7 +905,7 @@ impl ResponseBody {
         if ex.reusable()
             && let Some(pool) = self.pool.upgrade()
         {
-            pool.put_back(ex.conn);
+            pool.put_back(ex.conn, self.limits);
         }
     }
 }

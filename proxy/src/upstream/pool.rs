@@ -93,12 +93,60 @@ impl SendError {
     }
 }
 
+/// How a cluster uses its endpoints' connections (DestinationRule
+/// `connectionPool`): connect timeout, exchanges per HTTP/1.1 connection
+/// (0: unlimited; `maxRequestsPerConnection`) and how long a connection may
+/// sit idle (`idleTimeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Exchanges per connection; 0 is unlimited.
+    pub max_requests_per_connection: u32,
+    /// Idle connections older than this are not reused.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl From<Duration> for ConnLimits {
+    /// Only a connect timeout.
+    fn from(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            max_requests_per_connection: 0,
+            idle_timeout: None,
+        }
+    }
+}
+
+impl From<&crate::state::cluster::Cluster> for ConnLimits {
+    fn from(c: &crate::state::cluster::Cluster) -> Self {
+        Self {
+            connect_timeout: c.connect_timeout,
+            max_requests_per_connection: c.max_requests_per_connection,
+            idle_timeout: c.idle_timeout,
+        }
+    }
+}
+
 /// The connections to one endpoint.
 pub struct Pool {
     addr: SocketAddr,
-    idle: Mutex<Vec<h1::Conn>>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    idle: Mutex<Vec<IdleConn>>,
+    h2: ArcSwapOption<H2Conn>,
     h2_connect: tokio::sync::Mutex<()>,
+}
+
+/// An idle HTTP/1.1 connection and the limits of the cluster that used it
+/// last (a pool is shared by every cluster with the endpoint).
+struct IdleConn {
+    conn: h1::Conn,
+    limits: ConnLimits,
+}
+
+/// The HTTP/2 connection and the streams it has carried.
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    streams: std::sync::atomic::AtomicU32,
 }
 
 impl fmt::Debug for Pool {
@@ -133,25 +181,27 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<Body>,
         h2: bool,
-        connect_timeout: Duration,
+        limits: impl Into<ConnLimits>,
     ) -> Result<Response<Body>, SendError> {
+        let limits = limits.into();
         // The HTTP/2 and upgrade paths hold hyper's futures, several times
         // the size of the HTTP/1.1 one: boxed, they do not grow the future
         // every request's task carries (and copies when spawned).
         if h2 {
-            Box::pin(self.send_h2(req, connect_timeout)).await
+            Box::pin(self.send_h2(req, limits)).await
         } else if req.headers().contains_key(header::UPGRADE) {
-            Box::pin(self.send_upgrade(req, connect_timeout)).await
+            Box::pin(self.send_upgrade(req, limits.connect_timeout)).await
         } else {
-            self.send_h1(req, connect_timeout).await
+            self.send_h1(req, limits).await
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         req: Request<Body>,
-        connect_timeout: Duration,
+        limits: ConnLimits,
     ) -> Result<Response<Body>, SendError> {
+        let connect_timeout = limits.connect_timeout;
         let mut req = h1::encode(req).map_err(|source| SendError::Reset {
             addr: self.addr,
             source,
@@ -163,11 +213,11 @@ impl Pool {
         loop {
             let fresh = attempt == MAX_UNSENT_REPLAYS;
             attempt += 1;
-            let conn = match self.checkout(fresh) {
+            let conn = match self.checkout(fresh, &limits) {
                 Some(c) => c,
                 None => h1::Conn::new(Box::pin(connect(self.addr, connect_timeout)).await?),
             };
-            match h1::exchange(conn, req, Arc::downgrade(self)).await {
+            match h1::exchange(conn, req, Arc::downgrade(self), limits).await {
                 Ok(resp) => return Ok(resp.map(BodyExt::boxed_unsync)),
                 Err(h1::Failure {
                     replay: Some(r), ..
@@ -182,14 +232,15 @@ impl Pool {
         }
     }
 
-    /// An idle HTTP/1.1 connection the server has not closed.
-    fn checkout(&self, fresh: bool) -> Option<h1::Conn> {
+    /// An idle HTTP/1.1 connection the server has not closed, within the
+    /// cluster's idle timeout and requests per connection.
+    fn checkout(&self, fresh: bool, limits: &ConnLimits) -> Option<h1::Conn> {
         if fresh {
             return None;
         }
         let mut idle = self.idle.lock().ok()?;
-        while let Some(conn) = idle.pop() {
-            if conn.is_reusable() {
+        while let Some(IdleConn { conn, .. }) = idle.pop() {
+            if conn.is_reusable() && !spent(&conn, limits) {
                 return Some(conn);
             }
         }
@@ -231,7 +282,7 @@ impl Pool {
     async fn send_h2(
         &self,
         mut req: Request<Body>,
-        connect_timeout: Duration,
+        limits: ConnLimits,
     ) -> Result<Response<Body>, SendError> {
         // A connection that closed under the request hands it back unsent;
         // it then goes out on a new connection (not a retry: nothing
@@ -240,7 +291,7 @@ impl Pool {
         loop {
             let last = attempt == MAX_UNSENT_REPLAYS;
             attempt += 1;
-            let mut sender = self.h2_sender(connect_timeout).await?;
+            let mut sender = self.h2_sender(&limits).await?;
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
                 Err(mut e) => {
@@ -259,23 +310,29 @@ impl Pool {
         }
     }
 
-    async fn h2_sender(
-        &self,
-        connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Body>, SendError> {
-        if let Some(s) = &*self.h2.load()
-            && !s.is_closed()
+    /// The endpoint's HTTP/2 connection, a new one when it closed or has
+    /// carried the cluster's `maxRequestsPerConnection` streams (the old one
+    /// finishes the streams it has).
+    async fn h2_sender(&self, limits: &ConnLimits) -> Result<http2::SendRequest<Body>, SendError> {
+        let usable = |c: &H2Conn| {
+            !c.sender.is_closed() && {
+                let n = c.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                limits.max_requests_per_connection == 0 || n < limits.max_requests_per_connection
+            }
+        };
+        if let Some(c) = &*self.h2.load()
+            && usable(c)
         {
-            return Ok(http2::SendRequest::clone(s));
+            return Ok(http2::SendRequest::clone(&c.sender));
         }
         let _connecting = self.h2_connect.lock().await;
         // Someone else may have connected while we waited.
-        if let Some(s) = &*self.h2.load()
-            && !s.is_closed()
+        if let Some(c) = &*self.h2.load()
+            && usable(c)
         {
-            return Ok(http2::SendRequest::clone(s));
+            return Ok(http2::SendRequest::clone(&c.sender));
         }
-        let io = TokioIo::new(connect(self.addr, connect_timeout).await?);
+        let io = TokioIo::new(connect(self.addr, limits.connect_timeout).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
@@ -290,18 +347,40 @@ impl Pool {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.h2.store(Some(Arc::new(sender.clone())));
+        self.h2.store(Some(Arc::new(H2Conn {
+            sender: sender.clone(),
+            streams: std::sync::atomic::AtomicU32::new(1),
+        })));
         Ok(sender)
     }
 
-    /// Keeps a connection whose exchange completed for the next request.
-    pub(super) fn put_back(&self, conn: h1::Conn) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
+    /// Keeps a connection whose exchange completed for the next request,
+    /// unless it has carried its cluster's `maxRequestsPerConnection`; idle
+    /// connections past their idle timeout are closed on the way.
+    pub(super) fn put_back(&self, mut conn: h1::Conn, limits: ConnLimits) {
+        if limits.max_requests_per_connection > 0
+            && conn.uses() >= limits.max_requests_per_connection
         {
-            idle.push(conn);
+            return;
+        }
+        conn.set_idle();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|i| !spent(&i.conn, &i.limits));
+            if idle.len() < MAX_IDLE {
+                idle.push(IdleConn { conn, limits });
+            }
         }
     }
+}
+
+/// Whether an idle connection is past `limits` (its idle timeout or its
+/// requests per connection).
+fn spent(conn: &h1::Conn, limits: &ConnLimits) -> bool {
+    limits
+        .idle_timeout
+        .is_some_and(|t| conn.idle_longer_than(t))
+        || (limits.max_requests_per_connection > 0
+            && conn.uses() >= limits.max_requests_per_connection)
 }
 
 /// Opens a TCP connection to `addr` within `timeout`, with `TCP_NODELAY`.

@@ -717,6 +717,87 @@ async fn sequential_requests_share_one_connection() {
     no_more_connections(&listener).await;
 }
 
+/// The cluster limits of the next tests.
+fn limits(max_requests: u32, idle: Option<Duration>) -> super::super::pool::ConnLimits {
+    super::super::pool::ConnLimits {
+        connect_timeout: CONNECT,
+        max_requests_per_connection: max_requests,
+        idle_timeout: idle,
+    }
+}
+
+#[tokio::test]
+async fn a_connection_carries_at_most_max_requests_per_connection() {
+    let (listener, addr) = upstream().await;
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for conn in 0..2 {
+            let mut p = Peer::accept(&listener).await;
+            for _ in 0..2 {
+                let head = p.head().await;
+                seen.push((conn, head.split(' ').nth(1).unwrap_or_default().to_owned()));
+                p.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+            if conn == 0 {
+                // The client closes the spent connection.
+                p.closed().await;
+            }
+        }
+        (seen, listener)
+    });
+    let pool = pool(addr);
+    for path in ["/1", "/2", "/3", "/4"] {
+        let resp = within(pool.send(get(path), false, limits(2, None)))
+            .await
+            .expect("an answer");
+        assert_eq!(body(resp).await, "ok");
+    }
+    let (seen, listener) = server.await.expect("the upstream script");
+    let want: Vec<(i32, String)> = vec![
+        (0, "/1".into()),
+        (0, "/2".into()),
+        (1, "/3".into()),
+        (1, "/4".into()),
+    ];
+    assert_eq!(seen, want);
+    no_more_connections(&listener).await;
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_idle_timeout_is_not_reused() {
+    let (listener, addr) = upstream().await;
+    let server = tokio::spawn(async move {
+        let mut first = Peer::accept(&listener).await;
+        first.head().await;
+        first
+            .write("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")
+            .await;
+        first.head().await;
+        first
+            .write("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb")
+            .await;
+        // After the pause the next request comes on a new connection.
+        let mut second = Peer::accept(&listener).await;
+        second.head().await;
+        second
+            .write("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nc")
+            .await;
+        first.closed().await;
+        listener
+    });
+    let pool = pool(addr);
+    let idle = limits(0, Some(Duration::from_millis(150)));
+    let send = |path| within(pool.send(get(path), false, idle));
+    assert_eq!(body(send("/a").await.expect("a")).await, "a");
+    // Within the idle timeout: reused.
+    assert_eq!(body(send("/b").await.expect("b")).await, "b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(body(send("/c").await.expect("c")).await, "c");
+    let listener = server.await.expect("the upstream script");
+    no_more_connections(&listener).await;
+}
+
 #[tokio::test]
 async fn connection_close_response_is_not_reused() {
     let (listener, addr) = upstream().await;
@@ -1055,7 +1136,7 @@ async fn exchange_offers_the_request_back_only_when_safe() {
         conn
     };
     let exchange_err = |conn: Conn, req: Encoded| async move {
-        match within(exchange(conn, req, Weak::new())).await {
+        match within(exchange(conn, req, Weak::new(), CONNECT.into())).await {
             Ok(resp) => panic!("expected a failure, got {resp:?}"),
             Err(f) => f,
         }
@@ -1098,9 +1179,14 @@ async fn exchange_offers_the_request_back_only_when_safe() {
     );
 
     // The request handed back goes out again as it was.
-    let resp = within(exchange(connect(false).await, replay, Weak::new()))
-        .await
-        .expect("the replayed request is answered");
+    let resp = within(exchange(
+        connect(false).await,
+        replay,
+        Weak::new(),
+        CONNECT.into(),
+    ))
+    .await
+    .expect("the replayed request is answered");
     let got = within(resp.into_body().collect())
         .await
         .expect("the body arrives")
