@@ -39,6 +39,7 @@
 //!   draw again, then scan.
 
 mod hash;
+mod outlier;
 mod ring;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ use crate::state::cluster::{Cluster, LbPolicy};
 use crate::state::endpoint::{Endpoint, EndpointAddress, Endpoints, Health};
 
 pub use hash::hash_key;
+pub use outlier::Outcome;
 use ring::{Maglev, Ring};
 use weighted::Weighted;
 
@@ -120,6 +122,8 @@ struct Host {
     weight: u64,
     /// Active requests; shared with the same address in later rebuilds.
     active: Arc<AtomicUsize>,
+    /// Outlier streaks and ejection; shared like `active`.
+    outlier: Arc<outlier::State>,
 }
 
 impl Host {
@@ -157,6 +161,25 @@ struct Inner {
     slots: Vec<Slot>,
     /// Chooses a slot; `None` when there is at most one.
     locality: Option<Weighted>,
+    /// Outlier detection, when the cluster has it.
+    detect: Option<Detect>,
+    /// Host index by address (only with outlier detection).
+    index: crate::FastMap<SocketAddr, usize>,
+}
+
+/// A cluster's outlier detection settings, as the balancer applies them.
+#[derive(Debug, Clone, Copy)]
+struct Detect {
+    /// `(threshold, enforcing percent)` of the consecutive-5xx detector.
+    consecutive_5xx: (u32, u32),
+    /// The same for consecutive gateway failures.
+    consecutive_gateway: (u32, u32),
+    base_ejection_time: std::time::Duration,
+    interval: std::time::Duration,
+    max_ejection_percent: u32,
+    /// Never eject below this share of balanced endpoints (Istio
+    /// `minHealthPercent`, the panic threshold).
+    min_health_percent: f64,
 }
 
 /// The load balancer of one cluster at one endpoints version. Cloning is
@@ -205,13 +228,50 @@ impl Balancer {
     /// keeps counting the requests still in flight on this one, so
     /// least-request stays accurate across EDS updates.
     pub fn rebuild(&self, cluster: &Cluster, endpoints: &Endpoints) -> Self {
-        let active = self
+        let shared = self
             .inner
             .hosts
             .iter()
-            .map(|h| (h.addr, h.active.clone()))
+            .map(|h| (h.addr, (h.active.clone(), h.outlier.clone())))
             .collect();
-        Self::build(cluster, endpoints, &active)
+        Self::build(cluster, endpoints, &shared)
+    }
+
+    /// Records what an attempt at `addr` came to; with outlier detection
+    /// on, a streak of errors ejects the endpoint (within the cluster's
+    /// `maxEjectionPercent` and `minHealthPercent`).
+    pub fn record(&self, addr: SocketAddr, outcome: Outcome) {
+        let inner = &*self.inner;
+        let (Some(d), Some(&i)) = (inner.detect, inner.index.get(&addr)) else {
+            return;
+        };
+        let host = &inner.hosts[i];
+        if host
+            .outlier
+            .record(outcome, d.consecutive_5xx, d.consecutive_gateway)
+            != outlier::Verdict::Eject
+        {
+            return;
+        }
+        let now = outlier::now_ms();
+        if host.outlier.is_ejected(now) {
+            return;
+        }
+        let n = inner.hosts.len();
+        let ejected = inner
+            .hosts
+            .iter()
+            .filter(|h| h.outlier.is_ejected(now))
+            .count();
+        // Envoy ejects at least one endpoint whatever the percentage.
+        let max = (n * d.max_ejection_percent as usize / 100).max(1);
+        let left = n - ejected - 1;
+        if ejected + 1 > max || (left as f64) * 100.0 < d.min_health_percent * n as f64 {
+            tracing::debug!(cluster = %inner.cluster, %addr, ejected, "outlier not ejected: ejection limits reached");
+            return;
+        }
+        let length = host.outlier.eject(now, d.base_ejection_time, d.interval);
+        tracing::info!(cluster = %inner.cluster, %addr, ?length, "outlier detection: endpoint ejected");
     }
 
     /// The cluster's name.
@@ -246,22 +306,26 @@ impl Balancer {
         if inner.hosts.is_empty() {
             return None;
         }
-        let ok = |i: usize| !req.exclude.contains(&inner.hosts[i].addr);
+        let now = inner.detect.map(|_| outlier::now_ms());
+        let ok = |i: usize| {
+            !req.exclude.contains(&inner.hosts[i].addr)
+                && now.is_none_or(|now| !inner.hosts[i].outlier.is_ejected(now))
+        };
         let index = match &inner.policy {
             Policy::OriginalDst => return None,
             Policy::Ring(ring) => ring.pick(req.hash.unwrap_or_else(|| fastrand::u64(..)), ok)?,
             Policy::Maglev(table) => {
                 table.pick(req.hash.unwrap_or_else(|| fastrand::u64(..)), ok)?
             }
-            Policy::RoundRobin => inner.avoid(req.exclude, ok, || {
+            Policy::RoundRobin => inner.avoid(ok, || {
                 let slot = inner.slot(Weighted::next);
                 slot.start + slot.pick.next()
             }),
-            Policy::Random => inner.avoid(req.exclude, ok, || {
+            Policy::Random => inner.avoid(ok, || {
                 let slot = inner.slot(Weighted::random);
                 slot.start + slot.pick.random()
             }),
-            Policy::LeastRequest { choices } => inner.avoid(req.exclude, ok, || {
+            Policy::LeastRequest { choices } => inner.avoid(ok, || {
                 inner.least_request(inner.slot(Weighted::random), *choices)
             }),
         };
@@ -275,7 +339,7 @@ impl Balancer {
     fn build(
         cluster: &Cluster,
         endpoints: &Endpoints,
-        active: &HashMap<SocketAddr, Arc<AtomicUsize>>,
+        shared: &HashMap<SocketAddr, (Arc<AtomicUsize>, Arc<outlier::State>)>,
     ) -> Self {
         let candidates: Vec<Candidate<'_>> = endpoints
             .localities
@@ -390,7 +454,8 @@ impl Balancer {
                     addr: c.addr,
                     endpoint: Arc::new(c.endpoint.clone()),
                     weight,
-                    active: active.get(&c.addr).cloned().unwrap_or_default(),
+                    active: shared.get(&c.addr).map(|s| s.0.clone()).unwrap_or_default(),
+                    outlier: shared.get(&c.addr).map(|s| s.1.clone()).unwrap_or_default(),
                 }));
                 table_weights.push(
                     weight as f64 / sum.max(1) as f64 * *lw as f64 / locality_total.max(1) as f64,
@@ -416,6 +481,21 @@ impl Balancer {
             LbPolicy::Maglev => Policy::Maglev(Maglev::new(&addrs, &table_weights)),
             _ => policy,
         };
+        let detect = cluster.outlier_detection.as_ref().map(|o| Detect {
+            consecutive_5xx: (o.consecutive_5xx, o.enforcing_consecutive_5xx),
+            consecutive_gateway: (
+                o.consecutive_gateway_failure,
+                o.enforcing_consecutive_gateway_failure,
+            ),
+            base_ejection_time: o.base_ejection_time,
+            interval: o.interval,
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: cluster.healthy_panic_threshold_percent,
+        });
+        let index = match detect {
+            Some(_) => hosts.iter().enumerate().map(|(i, h)| (h.addr, i)).collect(),
+            None => crate::FastMap::default(),
+        };
         Self {
             inner: Arc::new(Inner {
                 cluster: cluster.name.clone(),
@@ -426,6 +506,8 @@ impl Balancer {
                 hosts,
                 slots,
                 locality,
+                detect,
+                index,
             }),
         }
     }
@@ -438,15 +520,12 @@ impl Inner {
         &self.slots[i.min(self.slots.len() - 1)]
     }
 
-    /// `draw()`, drawn again (then scanned) while it lands in `exclude`.
-    fn avoid(
-        &self,
-        exclude: &[SocketAddr],
-        ok: impl Fn(usize) -> bool,
-        draw: impl Fn() -> usize,
-    ) -> usize {
+    /// `draw()`, drawn again (then scanned) while it lands on an endpoint
+    /// `ok` refuses (excluded by a retry, or ejected); the first draw when
+    /// every endpoint is refused.
+    fn avoid(&self, ok: impl Fn(usize) -> bool, draw: impl Fn() -> usize) -> usize {
         let first = draw();
-        if exclude.is_empty() || ok(first) {
+        if ok(first) {
             return first;
         }
         if let Some(i) = (0..EXCLUDE_REDRAWS).map(|_| draw()).find(|&i| ok(i)) {

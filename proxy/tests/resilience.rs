@@ -593,3 +593,75 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_headers() -> Resul
     assert_eq!(a.header("access-control-allow-origin"), None);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_always_failing_endpoint_is_ejected_and_the_others_carry_the_traffic() -> Result<()> {
+    let vs = |host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}, namespace: default}}
+spec:
+  hosts: [{host}.test]
+  http:
+  - retries: {{attempts: 0}}
+    route: [{{destination: {{host: {host}.test}}}}]
+"
+        )
+    };
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: guarded, namespace: default}
+spec:
+  host: guarded.test
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+";
+    let mesh = Mesh::start(
+        &[
+            &["--name", "broken", "--fail-percent", "100"],
+            &["--name", "good-1"],
+            &["--name", "good-2"],
+        ],
+        |p| {
+            let eps: Vec<(u16, &str)> = p.echo.iter().map(|port| (*port, "v1")).collect();
+            docs(&[
+                &service_entry("guarded.test", 9080, "HTTP", &eps),
+                &service_entry("unguarded.test", 9080, "HTTP", &eps),
+                &vs("guarded"),
+                &vs("unguarded"),
+                dr,
+            ])
+        },
+        false,
+    )?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    const N: usize = 300;
+    let failures = async |c: &mut Client, host: &str| -> Result<usize> {
+        let mut failed = 0;
+        for _ in 0..N {
+            let a = c.send(get("/", host)?).await?;
+            if a.status != StatusCode::OK {
+                ensure!(a.header("x-echo-name") == Some("broken"), "{}", a.status);
+                failed += 1;
+            }
+        }
+        Ok(failed)
+    };
+    let unguarded = failures(&mut c, "unguarded.test:9080").await?;
+    let guarded = failures(&mut c, "guarded.test:9080").await?;
+    eprintln!(
+        "{N} requests over 3 endpoints, one broken: {unguarded} failed without outlier detection, {guarded} with"
+    );
+    // Without: about a third fail.
+    ensure!(
+        unguarded >= 60,
+        "only {unguarded} of {N} failed without outlier detection"
+    );
+    // With: the two errors that trip consecutive5xxErrors: 2, then none.
+    ensure!(
+        guarded == 2,
+        "{guarded} of {N} failed with outlier detection, want 2"
+    );
+    Ok(())
+}

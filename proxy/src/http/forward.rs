@@ -14,7 +14,7 @@ use super::access_log::{Entry, rfc3339};
 use super::body::{Completion, Counted, Observed};
 use super::error::{self, ErrorCode};
 use super::{Body, ConnCtx, Role, cors, full, is_grpc, retry};
-use crate::balance::{InFlight, PickRequest};
+use crate::balance::{InFlight, Outcome, PickRequest};
 use crate::listen::chain;
 use crate::metrics::labels::{RequestOutcome, flags};
 use crate::router::{self, RequestInfo};
@@ -786,6 +786,9 @@ async fn attempts(
             },
             None => sent.await.map_err(AttemptError::Send),
         };
+        if cluster.outlier_detection.is_some() {
+            upstream.balancer.record(addr, outlier_outcome(&outcome));
+        }
         let Some(policy) = plan.policy else {
             return Attempted {
                 outcome,
@@ -845,6 +848,18 @@ async fn attempts(
         // The failed attempt's response and connection go before the next.
         drop(done(false, None));
         tokio::time::sleep(retry::backoff(policy, attempt)).await;
+    }
+}
+
+/// What an attempt came to, for outlier detection: 5xx answers and no
+/// answer at all are errors (502/503/504 and no answer also gateway errors).
+fn outlier_outcome(outcome: &Result<Response<Body>, AttemptError>) -> Outcome {
+    match outcome {
+        Ok(resp) if resp.status().is_server_error() => Outcome::Error {
+            gateway: matches!(resp.status().as_u16(), 502..=504),
+        },
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Error { gateway: true },
     }
 }
 
