@@ -38,6 +38,7 @@
 //!   chosen set exists: hash policies walk on to the next point, the others
 //!   draw again, then scan.
 
+mod ewma;
 mod hash;
 mod outlier;
 mod ring;
@@ -124,6 +125,16 @@ struct Host {
     active: Arc<AtomicUsize>,
     /// Outlier streaks and ejection; shared like `active`.
     outlier: Arc<outlier::State>,
+    /// Peak-EWMA latency; shared like `active`.
+    latency: Arc<ewma::PeakEwma>,
+}
+
+/// What an endpoint's balancers share across endpoint versions.
+#[derive(Clone, Default)]
+struct SharedHost {
+    active: Arc<AtomicUsize>,
+    outlier: Arc<outlier::State>,
+    latency: Arc<ewma::PeakEwma>,
 }
 
 impl Host {
@@ -146,6 +157,7 @@ enum Policy {
     RoundRobin,
     Random,
     LeastRequest { choices: usize },
+    PeakEwma,
     Ring(Ring),
     Maglev(Maglev),
 }
@@ -232,9 +244,28 @@ impl Balancer {
             .inner
             .hosts
             .iter()
-            .map(|h| (h.addr, (h.active.clone(), h.outlier.clone())))
+            .map(|h| {
+                let s = SharedHost {
+                    active: h.active.clone(),
+                    outlier: h.outlier.clone(),
+                    latency: h.latency.clone(),
+                };
+                (h.addr, s)
+            })
             .collect();
         Self::build(cluster, endpoints, &shared)
+    }
+
+    /// Records how long an attempt at `addr` took to its response headers
+    /// (or its failure), for the peak-EWMA balancer; a no-op otherwise.
+    pub fn observe(&self, addr: SocketAddr, took: std::time::Duration) {
+        let inner = &*self.inner;
+        if !matches!(inner.policy, Policy::PeakEwma) {
+            return;
+        }
+        if let Some(&i) = inner.index.get(&addr) {
+            inner.hosts[i].latency.observe(took);
+        }
     }
 
     /// Records what an attempt at `addr` came to; with outlier detection
@@ -328,6 +359,7 @@ impl Balancer {
             Policy::LeastRequest { choices } => inner.avoid(ok, || {
                 inner.least_request(inner.slot(Weighted::random), *choices)
             }),
+            Policy::PeakEwma => inner.avoid(ok, || inner.peak_ewma(inner.slot(Weighted::random))),
         };
         let host = inner.hosts.get(index)?;
         Some(Picked {
@@ -339,7 +371,7 @@ impl Balancer {
     fn build(
         cluster: &Cluster,
         endpoints: &Endpoints,
-        shared: &HashMap<SocketAddr, (Arc<AtomicUsize>, Arc<outlier::State>)>,
+        shared: &HashMap<SocketAddr, SharedHost>,
     ) -> Self {
         let candidates: Vec<Candidate<'_>> = endpoints
             .localities
@@ -434,6 +466,7 @@ impl Balancer {
             LbPolicy::LeastRequest { choice_count } => Policy::LeastRequest {
                 choices: choice_count.max(2) as usize,
             },
+            LbPolicy::PeakEwma => Policy::PeakEwma,
             // Placeholders: the tables need the hosts, built below.
             LbPolicy::RingHash { .. } | LbPolicy::Maglev => Policy::Random,
         };
@@ -450,12 +483,14 @@ impl Balancer {
                 .collect();
             let sum: u64 = weights.iter().sum();
             for (c, &weight) in members.iter().zip(&weights) {
+                let s = shared.get(&c.addr).cloned().unwrap_or_default();
                 hosts.push(Arc::new(Host {
                     addr: c.addr,
                     endpoint: Arc::new(c.endpoint.clone()),
                     weight,
-                    active: shared.get(&c.addr).map(|s| s.0.clone()).unwrap_or_default(),
-                    outlier: shared.get(&c.addr).map(|s| s.1.clone()).unwrap_or_default(),
+                    active: s.active,
+                    outlier: s.outlier,
+                    latency: s.latency,
                 }));
                 table_weights.push(
                     weight as f64 / sum.max(1) as f64 * *lw as f64 / locality_total.max(1) as f64,
@@ -492,9 +527,10 @@ impl Balancer {
             max_ejection_percent: o.max_ejection_percent,
             min_health_percent: cluster.healthy_panic_threshold_percent,
         });
-        let index = match detect {
-            Some(_) => hosts.iter().enumerate().map(|(i, h)| (h.addr, i)).collect(),
-            None => crate::FastMap::default(),
+        let index = if detect.is_some() || matches!(policy, Policy::PeakEwma) {
+            hosts.iter().enumerate().map(|(i, h)| (h.addr, i)).collect()
+        } else {
+            crate::FastMap::default()
         };
         Self {
             inner: Arc::new(Inner {
@@ -536,6 +572,24 @@ impl Inner {
             .map(|k| (first + k) % n)
             .find(|&i| ok(i))
             .unwrap_or(first)
+    }
+
+    /// Power of two choices within `slot` (two distinct endpoints when there
+    /// are two or more) by peak-EWMA latency × (active + 1) / weight.
+    fn peak_ewma(&self, slot: &Slot) -> usize {
+        let hosts = &self.hosts[slot.start..slot.start + slot.len];
+        let a = slot.pick.random();
+        if slot.len < 2 {
+            return slot.start + a;
+        }
+        let b = (a + 1 + fastrand::usize(..slot.len - 1)) % slot.len;
+        let cost = |h: &Host| h.latency.cost(h.active()) / h.weight.max(1) as f64;
+        let best = if cost(&hosts[b]) < cost(&hosts[a]) {
+            b
+        } else {
+            a
+        };
+        slot.start + best
     }
 
     /// Power of `choices` choices within `slot` by `(active + 1) / weight`.

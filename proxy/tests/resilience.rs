@@ -665,3 +665,54 @@ spec:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn peak_ewma_sends_most_requests_to_the_faster_endpoint() -> Result<()> {
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: ewma
+  namespace: default
+  annotations: {keel.dev/load-balancer: peak-ewma}
+spec:
+  host: ewma.test
+";
+    let mesh = Mesh::start(
+        &[&["--name", "slow", "--delay-ms", "30"], &["--name", "fast"]],
+        |p| {
+            let eps: Vec<(u16, &str)> = p.echo.iter().map(|port| (*port, "v1")).collect();
+            docs(&[
+                &service_entry("ewma.test", 9080, "HTTP", &eps),
+                &service_entry("plain.test", 9080, "HTTP", &eps),
+                dr,
+            ])
+        },
+        false,
+    )?;
+    let mut c = Client::h1(mesh.outbound()).await?;
+    const N: usize = 200;
+    let fast_share = async |c: &mut Client, host: &str| -> Result<usize> {
+        let mut fast = 0;
+        for _ in 0..N {
+            let a = c.send(get("/", host)?).await?;
+            ensure!(a.status == StatusCode::OK, "{}", a.status);
+            fast += usize::from(a.header("x-echo-name") == Some("fast"));
+        }
+        Ok(fast)
+    };
+    let plain = fast_share(&mut c, "plain.test:9080").await?;
+    let ewma = fast_share(&mut c, "ewma.test:9080").await?;
+    eprintln!(
+        "{N} sequential requests, endpoints 30 ms apart: {plain} to the fast one by least request, {ewma} by peak EWMA"
+    );
+    // One request at a time: least request sees two idle endpoints.
+    ensure!(
+        (60..=140).contains(&plain),
+        "least request sent {plain} of {N} to the fast endpoint"
+    );
+    ensure!(
+        ewma >= N * 9 / 10,
+        "peak EWMA sent only {ewma} of {N} to the fast endpoint"
+    );
+    Ok(())
+}

@@ -447,6 +447,21 @@ fn decode_one<T: Kind>(doc: Value, origin: &Origin) -> Result<T, Vec<ConfigError
     })?;
     let mut errs = Errors::new();
     obj.validate(&mut errs);
+    if let Some(lb) = obj
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::model::networking::KEEL_LB_ANNOTATION))
+        && lb != "peak-ewma"
+    {
+        errs.at(
+            &format!(
+                "metadata.annotations.{}",
+                crate::model::networking::KEEL_LB_ANNOTATION
+            ),
+            format!("unknown load balancer {lb:?}: Keel knows \"peak-ewma\""),
+        );
+    }
     if let Some(ns) = &obj.meta().namespace
         && !is_dns1123_label(ns)
     {

@@ -777,6 +777,7 @@ async fn attempts(
             up.headers_mut()
                 .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
+        let timed = matches!(cluster.lb, LbPolicy::PeakEwma).then(Instant::now);
         let sent = pool.send(up, plan.h2, ConnLimits::from(&**cluster));
         let per_try = plan.policy.and_then(|p| p.per_try_timeout);
         let outcome = match per_try {
@@ -788,6 +789,9 @@ async fn attempts(
         };
         if cluster.outlier_detection.is_some() {
             upstream.balancer.record(addr, outlier_outcome(&outcome));
+        }
+        if let Some(t) = timed {
+            upstream.balancer.observe(addr, t.elapsed());
         }
         let Some(policy) = plan.policy else {
             return Attempted {

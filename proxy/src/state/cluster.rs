@@ -85,6 +85,10 @@ pub enum LbPolicy {
     Maglev,
     /// Chosen by the discovery type (original destination).
     ClusterProvided,
+    /// Power of two choices by peak-EWMA latency × (active requests + 1),
+    /// as Linkerd balances (Keel's `keel.dev/load-balancer: peak-ewma`
+    /// DestinationRule annotation; Envoy sees least request).
+    PeakEwma,
 }
 
 /// Envoy's circuit-breaker thresholds (default priority).

@@ -157,6 +157,29 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster> {
             ));
         }
     };
+    // Keel's own balancer, named in Keel's cluster metadata (Envoy reads
+    // the least-request policy beside it).
+    let keel_lb = c
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("keel"))
+        .and_then(|s| s.fields.get("load_balancer"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        });
+    let lb = match keel_lb {
+        None => lb,
+        Some("peak_ewma") if matches!(lb, LbPolicy::LeastRequest { .. }) => LbPolicy::PeakEwma,
+        Some(other) => {
+            return Err(FieldError::new(
+                "metadata.filter_metadata.keel.load_balancer",
+                format!(
+                    "unknown load balancer {other:?} (Keel knows \"peak_ewma\", over LEAST_REQUEST)"
+                ),
+            ));
+        }
+    };
     if let Some(ts) = &c.transport_socket
         && ts.name != "envoy.transport_sockets.raw_buffer"
     {

@@ -13,6 +13,11 @@ use crate::model::validate::{
     check_port, is_dns1123_label, wildcard_host_error,
 };
 
+/// The DestinationRule annotation choosing one of Keel's own load balancers
+/// (`peak-ewma`: Linkerd's latency-aware balancer) in place of least
+/// request; other proxies keep least request.
+pub const KEEL_LB_ANNOTATION: &str = "keel.dev/load-balancer";
+
 /// Traffic policy for one host.
 #[derive(kube::CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(

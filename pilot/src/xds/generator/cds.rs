@@ -23,8 +23,8 @@ use super::scope::{Scope, ns_of};
 use super::util::{ads, duration, map, socket, string_struct, string_value, u32v};
 use super::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, cluster_name};
 use crate::model::networking::{
-    ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
-    PortTrafficPolicy, Resolution, RetryBudget, SimpleLb, TrafficPolicy,
+    ConnectionPoolSettings, DestinationRule, KEEL_LB_ANNOTATION, LoadBalancerSettings,
+    OutlierDetection, PortTrafficPolicy, Resolution, RetryBudget, SimpleLb, TrafficPolicy,
 };
 use crate::model::registry::{Protocol, ServiceInfo, ServiceSource};
 use crate::xds::Resource;
@@ -71,15 +71,29 @@ pub fn outbound(scope: &Scope<'_>, memo: Option<&Memo>) -> Vec<Resource> {
                 continue;
             }
             let base = dr.and_then(|d| d.spec.traffic_policy.as_ref());
+            let peak_ewma = dr
+                .and_then(|d| d.metadata.annotations.as_ref())
+                .and_then(|a| a.get(KEEL_LB_ANNOTATION))
+                .is_some_and(|v| v == "peak-ewma");
             let name = cluster_name("outbound", port.number, "", &svc.hostname);
+            let lb = LbChoice { peak_ewma };
             push(name, rule, &|name| {
-                outbound_cluster(scope, svc, port.number, port.protocol, name, base, None)
+                outbound_cluster(scope, svc, port.number, port.protocol, name, base, None, lb)
             });
             for subset in dr.iter().flat_map(|d| &d.spec.subsets) {
                 let name = cluster_name("outbound", port.number, &subset.name, &svc.hostname);
                 let policy = subset.traffic_policy.as_ref();
                 push(name, rule, &|name| {
-                    outbound_cluster(scope, svc, port.number, port.protocol, name, base, policy)
+                    outbound_cluster(
+                        scope,
+                        svc,
+                        port.number,
+                        port.protocol,
+                        name,
+                        base,
+                        policy,
+                        lb,
+                    )
                 });
             }
         }
@@ -147,6 +161,14 @@ pub fn local(scope: &Scope<'_>) -> Vec<Resource> {
     out
 }
 
+/// Keel's own balancer choice from the DestinationRule's annotation.
+#[derive(Clone, Copy)]
+struct LbChoice {
+    /// `keel.dev/load-balancer: peak-ewma`.
+    peak_ewma: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn outbound_cluster(
     scope: &Scope<'_>,
     svc: &ServiceInfo,
@@ -155,6 +177,7 @@ fn outbound_cluster(
     name: &str,
     base: Option<&TrafficPolicy>,
     subset: Option<&TrafficPolicy>,
+    choice: LbChoice,
 ) -> Resource {
     let grpc = scope.node.flavor == ClientFlavor::Grpc;
     let mut c = Cluster {
@@ -224,6 +247,23 @@ fn outbound_cluster(
     );
     if c.lb_policy != cluster::LbPolicy::ClusterProvided as i32 {
         apply_lb(&mut c, lb, grpc);
+    }
+    // Peak EWMA replaces least request (not an explicit other algorithm)
+    // for Keel's proxies; Envoy ignores Keel's metadata.
+    if choice.peak_ewma && c.lb_policy == cluster::LbPolicy::LeastRequest as i32 {
+        let keel = Struct {
+            fields: [(
+                "load_balancer".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue("peak_ewma".into())),
+                },
+            )]
+            .into(),
+        };
+        c.metadata
+            .get_or_insert_default()
+            .filter_metadata
+            .insert("keel".into(), keel);
     }
     let budget = policies.iter().rev().find_map(|p| p.retry_budget.as_ref());
     apply_pool(&mut c, pool, budget, grpc);
