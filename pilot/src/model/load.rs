@@ -455,7 +455,7 @@ fn decode_one<T: Kind>(doc: Value, origin: &Origin) -> Result<T, Vec<ConfigError
         && lb != "peak-ewma"
     {
         errs.at(
-            &format!(
+            format!(
                 "metadata.annotations.{}",
                 crate::model::networking::KEEL_LB_ANNOTATION
             ),
