@@ -69,6 +69,20 @@ enum Backend {
     Echo,
 }
 
+/// The resilience configuration keel-proxy gets for `bench.test`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeelPolicy {
+    /// No VirtualService or DestinationRule: Istio's default route retry
+    /// policy (2 attempts on connect-failure, refused-stream, unavailable,
+    /// cancelled, 503) and nothing else.
+    Default,
+    /// A VirtualService turning retries off (`attempts: 0`).
+    None,
+    /// Retries (3 on 5xx/reset, per-try timeout, route timeout), a retry
+    /// budget, connection-pool limits, outlier detection.
+    Resilience,
+}
+
 /// Flags.
 #[derive(Debug, Parser)]
 #[command(
@@ -121,6 +135,9 @@ struct Args {
     /// cancels out.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// The resilience configuration of keel-proxy's benched service.
+    #[arg(long, value_enum, default_value = "default")]
+    keel_policy: KeelPolicy,
     /// Paths to measure.
     #[arg(
         long,
@@ -224,6 +241,7 @@ fn main() -> Result<()> {
                     args.proxy_cpu,
                     args.services,
                     backend.h1,
+                    args.keel_policy,
                 )?;
                 let target = Target {
                     kind,
@@ -350,14 +368,15 @@ fn main() -> Result<()> {
         ),
         format!(
             "keel-proxy: sidecar, {} ServiceEntries from keel-pilot (the benched `bench.test:9080` and \
-             {} others), default flags{}",
+             {} others), default flags{}; resilience config of `bench.test`: {}",
             args.services,
             args.services - 1,
             if keel_concurrency_one {
                 " plus `--concurrency 1`"
             } else {
                 ""
-            }
+            },
+            servers::policy_summary(args.keel_policy),
         ),
         format!("tools: {}", tools.versions().join("; ")),
         format!("load average after the run: {}", report::load_average()),

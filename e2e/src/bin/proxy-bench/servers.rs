@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use keel_e2e::{ChildGuard, Pilot};
 
+use crate::KeelPolicy;
+
 /// How long a server may take to listen, or keel-proxy to be configured.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The port the benched ServiceEntry declares (requests say `bench.test:9080`).
@@ -306,7 +308,7 @@ pub fn start_echo(tools: &Tools, cpu: usize) -> Result<Server> {
 
 /// `services` ServiceEntries: `bench.test` (port 9080, HTTP, STATIC, one
 /// endpoint `backend`) and `services - 1` others like it that nothing calls.
-pub fn mesh_yaml(services: usize, backend: SocketAddr) -> String {
+pub fn mesh_yaml(services: usize, backend: SocketAddr, policy: KeelPolicy) -> String {
     let entry = |name: &str, host: &str, ip: &str, port: u16| {
         format!(
             "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
@@ -331,7 +333,53 @@ pub fn mesh_yaml(services: usize, backend: SocketAddr) -> String {
             8080,
         ));
     }
+    yaml.push_str(match policy {
+        KeelPolicy::Default => "",
+        KeelPolicy::None => {
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {name: bench, namespace: default}\nspec:\n  hosts: [bench.test]\n  http:\n  \
+             - retries: {attempts: 0}\n    route: [{destination: {host: bench.test}}]\n"
+        }
+        KeelPolicy::Resilience => RESILIENCE_YAML,
+    });
     yaml
+}
+
+/// `--keel-policy resilience`: what a careful operator sets on a service.
+const RESILIENCE_YAML: &str = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench, namespace: default}
+spec:
+  hosts: [bench.test]
+  http:
+  - timeout: 10s
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: \"5xx,reset,connect-failure\"}
+    route: [{destination: {host: bench.test}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bench, namespace: default}
+spec:
+  host: bench.test
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1000, connectTimeout: 1s}
+      http: {http1MaxPendingRequests: 1000, http2MaxRequests: 1000, maxRetries: 100, idleTimeout: 60s}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+    retryBudget: {percent: 20, minRetryConcurrency: 3}
+";
+
+/// One line describing `policy`, for the report.
+pub fn policy_summary(policy: KeelPolicy) -> &'static str {
+    match policy {
+        KeelPolicy::Default => "none (Istio's default route retry policy)",
+        KeelPolicy::None => "a VirtualService with `retries: {attempts: 0}`",
+        KeelPolicy::Resilience => {
+            "retries (3, per-try timeout, route timeout), retry budget, connection-pool limits \
+             (`maxConnections: 1000`), outlier detection (`--keel-policy resilience`)"
+        }
+    }
 }
 
 /// keel-pilot (unpinned: it is idle once it has pushed) and keel-proxy
@@ -355,10 +403,11 @@ pub fn start_keel(
     cpu: usize,
     services: usize,
     backend: SocketAddr,
+    policy: KeelPolicy,
 ) -> Result<Keel> {
     let mesh = dir.join("mesh");
     std::fs::create_dir_all(&mesh)?;
-    std::fs::write(mesh.join("mesh.yaml"), mesh_yaml(services, backend))
+    std::fs::write(mesh.join("mesh.yaml"), mesh_yaml(services, backend, policy))
         .with_context(|| format!("writing {}", mesh.display()))?;
     let pilot = keel_e2e::spawn_pilot(&mesh)?;
     let bin = keel_e2e::bin_path("keel-proxy", "keel-proxy");
@@ -473,11 +522,29 @@ mod tests {
 
     #[test]
     fn mesh_has_every_service() {
-        let yaml = mesh_yaml(100, loopback(4242));
+        let yaml = mesh_yaml(100, loopback(4242), KeelPolicy::Default);
         assert_eq!(yaml.matches("kind: ServiceEntry").count(), 100);
         assert!(yaml.contains("hosts: [bench.test]"));
         assert!(yaml.contains("endpoints: [{address: 127.0.0.1, ports: {http: 4242}}]"));
         assert!(yaml.contains("hosts: [dummy-99.test]"));
+    }
+
+    #[test]
+    fn every_policy_is_valid_istio_config() {
+        for policy in [
+            KeelPolicy::Default,
+            KeelPolicy::None,
+            KeelPolicy::Resilience,
+        ] {
+            let mut store =
+                keel_pilot::model::store::ConfigStore::new("cluster.local", "istio-system");
+            store.upsert("mesh.yaml", &mesh_yaml(3, loopback(4242), policy));
+            assert!(
+                store.errors().is_empty(),
+                "{policy:?}: {:?}",
+                store.errors()
+            );
+        }
     }
 
     #[test]
