@@ -1,5 +1,8 @@
 //! keelctl: the operator's command line.
 //!
+//! - `keelctl up`: the whole mesh on this machine (keel-pilot, and every
+//!   Pod of the config as keel-echo plus its keel-proxy sidecar), until
+//!   Ctrl-C.
 //! - `keelctl validate DIR`: the validation keel-pilot applies to a config
 //!   directory, with the same messages; exit status 1 on any error.
 
@@ -8,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod up;
 mod validate;
 
 /// Keel's command line.
@@ -20,6 +24,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the whole mesh on this machine, no Kubernetes and no root:
+    /// keel-pilot on the config directory, and each Pod in it (its
+    /// `status.podIP` a loopback address) as a keel-echo app with its own
+    /// keel-proxy sidecar. Prints what runs where and a `curl` through the
+    /// mesh; Ctrl-C stops everything.
+    Up {
+        /// The config directory: Istio and Kubernetes YAML, as keel-pilot
+        /// reads it.
+        #[arg(long, default_value = "examples/bookinfo")]
+        config_dir: PathBuf,
+    },
     /// Checks a directory of Istio/Kubernetes YAML as keel-pilot would
     /// load it: prints every error (file, document, object, field path,
     /// reason) and exits 1 if there is any.
@@ -38,6 +53,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up { config_dir } => up::run(&config_dir),
         Command::Validate {
             dir,
             domain_suffix,
