@@ -1002,3 +1002,126 @@ pub fn http_send(
         body,
     })
 }
+
+/// [`spawn_pilot_in`] with both of pilot's listeners on `ip` (ephemeral
+/// ports) instead of 127.0.0.1, e.g. a bridge address that network-namespace
+/// "pods" reach; the addresses in the returned [`Pilot`] are on `ip`.
+pub fn spawn_pilot_on(
+    netns: Option<&str>,
+    ip: std::net::IpAddr,
+    config_dir: &Path,
+    extra: &[&str],
+) -> Result<Pilot> {
+    let bin = bin_path("keel-pilot", "keel-pilot");
+    let any_port = SocketAddr::new(ip, 0).to_string();
+    let mut cmd = command_in(netns, &bin);
+    cmd.arg("--config-dir")
+        .arg(config_dir)
+        .args(["--xds-addr", &any_port, "--http-addr", &any_port])
+        .args(extra);
+    let mut child = ChildGuard::spawn("keel-pilot", &mut cmd, Stdio::piped())?;
+    let lines = line_channel(child.take_stdout().context("keel-pilot's stdout")?);
+    let deadline = Instant::now() + PILOT_READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(_) => bail!(
+                "keel-pilot ({}) printed no {PILOT_READY_PREFIX:?} line within \
+                 {PILOT_READY_TIMEOUT:?} (or exited); its stderr is above (command: {cmd:?})",
+                bin.display()
+            ),
+        };
+        let Some(rest) = line.strip_prefix(PILOT_READY_PREFIX) else {
+            eprintln!("[keel-pilot stdout] {line}");
+            continue;
+        };
+        let (xds_addr, http_addr) =
+            parse_ready(rest).with_context(|| format!("parsing pilot's ready line {line:?}"))?;
+        thread::spawn(move || {
+            for line in lines {
+                eprintln!("[keel-pilot stdout] {line}");
+            }
+        });
+        return Ok(Pilot {
+            child,
+            xds_addr,
+            http_addr,
+        });
+    }
+}
+
+/// A command running `bin` inside network namespace `netns` (if given) as
+/// user and group `uid` (if given) with no supplementary groups, through
+/// `ip netns exec` and util-linux `setpriv` (both need root). Like an app
+/// or a sidecar container of a pod running as its own user.
+pub fn command_as(netns: Option<&str>, uid: Option<u32>, bin: &Path) -> Command {
+    let Some(uid) = uid else {
+        return command_in(netns, bin);
+    };
+    let id = uid.to_string();
+    let mut c = command_in(netns, Path::new("setpriv"));
+    c.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+        .arg(bin);
+    c
+}
+
+/// [`spawn_proxy_in`] running as user `uid` (see [`command_as`]), the way a
+/// sidecar runs as the user its capture rules exempt. The defaults and the
+/// overriding of them by `extra` are [`spawn_proxy_in`]'s.
+pub fn spawn_proxy_as(
+    netns: Option<&str>,
+    uid: Option<u32>,
+    xds: SocketAddr,
+    extra: &[&str],
+) -> Result<Proxy> {
+    let bin = bin_path("keel-proxy", "keel-proxy");
+    let mut cmd = command_as(netns, uid, &bin);
+    let defaults = [
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--ready-addr",
+        "127.0.0.1:0",
+        "--stats-addr",
+        "127.0.0.1:0",
+        "--outbound-addr",
+        "127.0.0.1:0",
+        "--inbound-addr",
+        "127.0.0.1:0",
+    ];
+    for pair in defaults.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            cmd.args(pair);
+        }
+    }
+    cmd.arg("--xds-address").arg(xds.to_string()).args(extra);
+    let mut child = ChildGuard::spawn("keel-proxy", &mut cmd, Stdio::piped())?;
+    let lines = line_channel(child.take_stdout().context("keel-proxy's stdout")?);
+    let deadline = Instant::now() + PILOT_READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(_) => bail!(
+                "keel-proxy printed no ready line within {PILOT_READY_TIMEOUT:?} (or exited); \
+                 its stderr is above (command: {cmd:?})"
+            ),
+        };
+        let Some(rest) = line.strip_prefix("keel-proxy ready: ") else {
+            println!("[keel-proxy stdout] {line}");
+            continue;
+        };
+        let mut addrs = std::collections::BTreeMap::new();
+        for part in rest.split_whitespace() {
+            if let Some((k, v)) = part.split_once('=') {
+                addrs.insert(k.to_string(), v.parse()?);
+            }
+        }
+        thread::spawn(move || {
+            for line in lines {
+                println!("[keel-proxy stdout] {line}");
+            }
+        });
+        return Ok(Proxy { child, addrs });
+    }
+}

@@ -64,7 +64,7 @@ pub enum LogFormat {
 #[command(
     name = "keel-proxy",
     version,
-    about = "Keel's sidecar and gateway proxy (xDS client)"
+    about = "Keel's sidecar and gateway proxy (xDS client). `keel-proxy init --help`: the init container's iptables capture"
 )]
 pub struct Config {
     /// Pilot's ADS (gRPC) address.

@@ -1,6 +1,8 @@
 //! The keel-proxy binary: parses the configuration, sets up logging, binds
 //! the data-path, admin, stats and readiness ports, starts the ADS client,
 //! and drains gracefully on SIGTERM, Ctrl-C or `POST /quitquitquit`.
+//! `keel-proxy init` instead installs the pod's iptables capture
+//! (`keel_proxy::init`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,6 +31,11 @@ use tokio::sync::watch;
 static ALLOCATOR: keel_proxy::alloc::Mimalloc = keel_proxy::alloc::Mimalloc;
 
 fn main() -> ExitCode {
+    // `keel-proxy init …` is the init container's role (iptables capture),
+    // with its own flags: dispatched before the proxy's Config is parsed.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        return keel_proxy::init::main(std::env::args_os().skip(2));
+    }
     let config = Config::parse();
     let runtime = if config.concurrency == 1 {
         tokio::runtime::Builder::new_current_thread()
