@@ -372,20 +372,36 @@ fn apply_pool(
     }
     let idle = http.and_then(|h| h.idle_timeout.as_ref());
     let per_conn = clamp(http.and_then(|h| h.max_requests_per_connection)).filter(|n| *n > 0);
-    if idle.is_some() || per_conn.is_some() {
+    let client_protocol = http.and_then(|h| h.use_client_protocol) == Some(true);
+    if idle.is_some() || per_conn.is_some() || client_protocol {
         let key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+        // The protocol stays what the port says (HTTP/1.1 unless the port
+        // set HTTP/2 already); only `useClientProtocol` follows the client.
         let mut opts = c
             .typed_extension_protocol_options
             .get(key)
             .and_then(|a| keel_proto::any::unpack::<HttpProtocolOptions>(a).ok())
             .unwrap_or_else(|| HttpProtocolOptions {
                 upstream_protocol_options: Some(
-                    http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-                        Default::default(),
+                    http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                        http_protocol_options::ExplicitHttpConfig {
+                            protocol_config: Some(
+                                http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                                    Default::default(),
+                                ),
+                            ),
+                        },
                     ),
                 ),
                 ..Default::default()
             });
+        if client_protocol {
+            opts.upstream_protocol_options = Some(
+                http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                    Default::default(),
+                ),
+            );
+        }
         let common = opts.common_http_protocol_options.get_or_insert_default();
         common.idle_timeout = idle.map(|d| duration(d.0));
         common.max_requests_per_connection = per_conn.and_then(u32v);
