@@ -11,6 +11,7 @@
 # (HTTP/1.1: --h1 -c64 -m1; HTTP/2: -c16 -m16), and prints the
 # instructions per request and the callgrind output file (read it with
 # callgrind_annotate). Needs valgrind, nginx, haproxy, h2load, curl.
+# KEEL_EXTRA_YAML=FILE adds config for keel (see below).
 set -e
 which=$1; proto=$2; n=${3:-20000}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -38,6 +39,9 @@ spec:
   ports: [{number: 9080, name: http, protocol: HTTP}]
   endpoints: [{address: 127.0.0.1, ports: {http: 18081}}]
 Y
+# KEEL_EXTRA_YAML: a file of more config for pilot (a VirtualService or
+# DestinationRule for bench.test, say) to measure what it costs.
+if [ -n "${KEEL_EXTRA_YAML:-}" ]; then cp "$KEEL_EXTRA_YAML" $d/mesh/extra.yaml; fi
 if [ "$bindir" = haproxy ]; then
   cat > $d/h.cfg <<H
 global

@@ -80,14 +80,15 @@ impl Conn {
         self.uses
     }
 
-    /// Marks it idle from now.
-    pub fn set_idle(&mut self) {
-        self.idle_since = Some(std::time::Instant::now());
+    /// Marks it idle from `now`.
+    pub fn set_idle(&mut self, now: std::time::Instant) {
+        self.idle_since = Some(now);
     }
 
-    /// Whether it has been idle longer than `timeout`.
-    pub fn idle_longer_than(&self, timeout: std::time::Duration) -> bool {
-        self.idle_since.is_some_and(|t| t.elapsed() > timeout)
+    /// Whether at `now` it has been idle longer than `timeout`.
+    pub fn idle_longer_than(&self, timeout: std::time::Duration, now: std::time::Instant) -> bool {
+        self.idle_since
+            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
     }
 
     /// Whether an idle connection can carry another request: the server

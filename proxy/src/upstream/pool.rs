@@ -238,9 +238,10 @@ impl Pool {
         if fresh {
             return None;
         }
+        let now = limits.idle_timeout.map(|_| std::time::Instant::now());
         let mut idle = self.idle.lock().ok()?;
         while let Some(IdleConn { conn, .. }) = idle.pop() {
-            if conn.is_reusable() && !spent(&conn, limits) {
+            if conn.is_reusable() && !spent(&conn, limits, now) {
                 return Some(conn);
             }
         }
@@ -355,17 +356,27 @@ impl Pool {
     }
 
     /// Keeps a connection whose exchange completed for the next request,
-    /// unless it has carried its cluster's `maxRequestsPerConnection`; idle
-    /// connections past their idle timeout are closed on the way.
+    /// unless it has carried its cluster's `maxRequestsPerConnection`; with
+    /// an idle timeout, idle connections past theirs are closed on the way
+    /// (the oldest are at the front: connections are reused from the back).
     pub(super) fn put_back(&self, mut conn: h1::Conn, limits: ConnLimits) {
         if limits.max_requests_per_connection > 0
             && conn.uses() >= limits.max_requests_per_connection
         {
             return;
         }
-        conn.set_idle();
+        let now = limits.idle_timeout.map(|_| std::time::Instant::now());
+        if let Some(now) = now {
+            conn.set_idle(now);
+        }
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|i| !spent(&i.conn, &i.limits));
+            if now.is_some() {
+                let expired = idle
+                    .iter()
+                    .take_while(|i| spent(&i.conn, &i.limits, now))
+                    .count();
+                idle.drain(..expired);
+            }
             if idle.len() < MAX_IDLE {
                 idle.push(IdleConn { conn, limits });
             }
@@ -373,12 +384,14 @@ impl Pool {
     }
 }
 
-/// Whether an idle connection is past `limits` (its idle timeout or its
-/// requests per connection).
-fn spent(conn: &h1::Conn, limits: &ConnLimits) -> bool {
-    limits
-        .idle_timeout
-        .is_some_and(|t| conn.idle_longer_than(t))
+/// Whether an idle connection is past `limits` (its idle timeout, checked
+/// when `now` is given, or its requests per connection).
+fn spent(conn: &h1::Conn, limits: &ConnLimits, now: Option<std::time::Instant>) -> bool {
+    let stale = match (limits.idle_timeout, now) {
+        (Some(t), Some(now)) => conn.idle_longer_than(t, now),
+        _ => false,
+    };
+    stale
         || (limits.max_requests_per_connection > 0
             && conn.uses() >= limits.max_requests_per_connection)
 }
