@@ -40,6 +40,21 @@ spec:
     ])
 }
 
+/// A VirtualService sending `HOST.test` to itself with `retries`.
+fn retried_vs(host: &str, retries: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}, namespace: default}}
+spec:
+  hosts: [{host}.test]
+  http:
+  - retries: {retries}
+    route: [{{destination: {{host: {host}.test}}}}]
+"
+    )
+}
+
 /// Sends `n` GETs for `path` one after the other; returns the statuses.
 async fn statuses(c: &mut Client, path: &str, n: usize) -> Result<Vec<StatusCode>> {
     let mut out = Vec::with_capacity(n);
@@ -437,19 +452,7 @@ async fn a_retry_budget_caps_retries_when_every_endpoint_fails() -> Result<()> {
     // Every attempt fails after 50 ms. Both services retry 3 times on 5xx;
     // only `budgeted.test` has a DestinationRule with a retry budget.
     let (port, seen) = recorder("503 Service Unavailable", Duration::from_millis(50)).await?;
-    let vs = |host: &str| {
-        format!(
-            "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: {host}, namespace: default}}
-spec:
-  hosts: [{host}.test]
-  http:
-  - retries: {{attempts: 3, retryOn: 5xx}}
-    route: [{{destination: {{host: {host}.test}}}}]
-"
-        )
-    };
+    let vs = |host: &str| retried_vs(host, "{attempts: 3, retryOn: 5xx}");
     let budget = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: budgeted, namespace: default}
@@ -596,19 +599,7 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_headers() -> Resul
 
 #[tokio::test]
 async fn an_always_failing_endpoint_is_ejected_and_the_others_carry_the_traffic() -> Result<()> {
-    let vs = |host: &str| {
-        format!(
-            "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: {host}, namespace: default}}
-spec:
-  hosts: [{host}.test]
-  http:
-  - retries: {{attempts: 0}}
-    route: [{{destination: {{host: {host}.test}}}}]
-"
-        )
-    };
+    let vs = |host: &str| retried_vs(host, "{attempts: 0}");
     let dr = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: guarded, namespace: default}
