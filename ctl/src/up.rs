@@ -161,13 +161,19 @@ fn binaries() -> Result<Bins> {
     if !stale {
         return Ok(bins);
     }
-    let root = workspace_root(&dir).with_context(|| {
-        format!(
-            "keel-pilot, keel-proxy and keel-echo must be in {} (build them with \
+    // The checkout: above the current directory (where `cargo run` is
+    // typed), else above the binaries (a target directory inside it).
+    let root = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| workspace_root(&cwd))
+        .or_else(|| workspace_root(&dir))
+        .with_context(|| {
+            format!(
+                "keel-pilot, keel-proxy and keel-echo must be in {} (build them with \
              `cargo build --release --bins`)",
-            dir.display()
-        )
-    })?;
+                dir.display()
+            )
+        })?;
     let release = dir.file_name().is_some_and(|n| n == "release");
     eprintln!("keelctl: building keel-pilot, keel-proxy and keel-echo (first run only)...");
     let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
