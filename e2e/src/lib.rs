@@ -855,7 +855,13 @@ pub fn spawn_proxy(xds: SocketAddr, extra: &[&str]) -> Result<Proxy> {
 /// flags given later override the defaults (e.g. `--outbound-addr`).
 pub fn spawn_proxy_in(netns: Option<&str>, xds: SocketAddr, extra: &[&str]) -> Result<Proxy> {
     let bin = bin_path("keel-proxy", "keel-proxy");
-    let mut cmd = command_in(netns, &bin);
+    start_proxy(command_in(netns, &bin), xds, extra)
+}
+
+/// Adds the default flags (every port on `127.0.0.1:0`, unless `extra`
+/// names it), `--xds-address` and `extra` to `cmd`, starts it and waits for
+/// keel-proxy's ready line.
+fn start_proxy(mut cmd: Command, xds: SocketAddr, extra: &[&str]) -> Result<Proxy> {
     let defaults = [
         "--admin-addr",
         "127.0.0.1:0",
@@ -868,43 +874,39 @@ pub fn spawn_proxy_in(netns: Option<&str>, xds: SocketAddr, extra: &[&str]) -> R
         "--inbound-addr",
         "127.0.0.1:0",
     ];
-    let overridden = |flag: &str| extra.contains(&flag);
-    let mut args: Vec<&str> = Vec::new();
     for pair in defaults.chunks(2) {
-        if !overridden(pair[0]) {
-            args.extend_from_slice(pair);
+        if !extra.contains(&pair[0]) {
+            cmd.args(pair);
         }
     }
-    cmd.arg("--xds-address").arg(xds.to_string()).args(args);
-    cmd.args(extra);
+    cmd.arg("--xds-address").arg(xds.to_string()).args(extra);
     let mut child = ChildGuard::spawn("keel-proxy", &mut cmd, Stdio::piped())?;
     let lines = line_channel(child.take_stdout().context("keel-proxy's stdout")?);
     let deadline = Instant::now() + PILOT_READY_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(rest) = line.strip_prefix("keel-proxy ready: ") {
-                    let mut addrs = std::collections::BTreeMap::new();
-                    for part in rest.split_whitespace() {
-                        if let Some((k, v)) = part.split_once('=') {
-                            addrs.insert(k.to_string(), v.parse()?);
-                        }
-                    }
-                    thread::spawn(move || {
-                        for line in lines {
-                            println!("[keel-proxy stdout] {line}");
-                        }
-                    });
-                    return Ok(Proxy { child, addrs });
-                }
+        let Ok(line) = lines.recv_timeout(left) else {
+            bail!(
+                "keel-proxy printed no ready line within {PILOT_READY_TIMEOUT:?} (or exited); \
+                 its stderr is above (command: {cmd:?})"
+            );
+        };
+        let Some(rest) = line.strip_prefix("keel-proxy ready: ") else {
+            println!("[keel-proxy stdout] {line}");
+            continue;
+        };
+        let mut addrs = std::collections::BTreeMap::new();
+        for part in rest.split_whitespace() {
+            if let Some((k, v)) = part.split_once('=') {
+                addrs.insert(k.to_string(), v.parse()?);
+            }
+        }
+        thread::spawn(move || {
+            for line in lines {
                 println!("[keel-proxy stdout] {line}");
             }
-            Err(_) => bail!(
-                "keel-proxy ({}) printed no ready line within {PILOT_READY_TIMEOUT:?}; its stderr is above",
-                bin.display()
-            ),
-        }
+        });
+        return Ok(Proxy { child, addrs });
     }
 }
 
@@ -1076,52 +1078,33 @@ pub fn spawn_proxy_as(
     extra: &[&str],
 ) -> Result<Proxy> {
     let bin = bin_path("keel-proxy", "keel-proxy");
-    let mut cmd = command_as(netns, uid, &bin);
-    let defaults = [
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--ready-addr",
-        "127.0.0.1:0",
-        "--stats-addr",
-        "127.0.0.1:0",
-        "--outbound-addr",
-        "127.0.0.1:0",
-        "--inbound-addr",
-        "127.0.0.1:0",
-    ];
-    for pair in defaults.chunks(2) {
-        if !extra.contains(&pair[0]) {
-            cmd.args(pair);
-        }
+    start_proxy(command_as(netns, uid, &bin), xds, extra)
+}
+
+/// Runs a system tool (`ip`, `iptables`, ...) and returns its stdout; a
+/// non-zero exit is an error carrying its stderr.
+pub fn run_cmd(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    cmd.arg("--xds-address").arg(xds.to_string()).args(extra);
-    let mut child = ChildGuard::spawn("keel-proxy", &mut cmd, Stdio::piped())?;
-    let lines = line_channel(child.take_stdout().context("keel-proxy's stdout")?);
-    let deadline = Instant::now() + PILOT_READY_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match lines.recv_timeout(left) {
-            Ok(line) => line,
-            Err(_) => bail!(
-                "keel-proxy printed no ready line within {PILOT_READY_TIMEOUT:?} (or exited); \
-                 its stderr is above (command: {cmd:?})"
-            ),
-        };
-        let Some(rest) = line.strip_prefix("keel-proxy ready: ") else {
-            println!("[keel-proxy stdout] {line}");
-            continue;
-        };
-        let mut addrs = std::collections::BTreeMap::new();
-        for part in rest.split_whitespace() {
-            if let Some((k, v)) = part.split_once('=') {
-                addrs.insert(k.to_string(), v.parse()?);
-            }
-        }
-        thread::spawn(move || {
-            for line in lines {
-                println!("[keel-proxy stdout] {line}");
-            }
-        });
-        return Ok(Proxy { child, addrs });
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// For tests that need root or system tools: under CI (`CI=true`) a test
+/// that cannot run is an error; elsewhere it is skipped with a message.
+/// Returns `Ok(false)` (skip) or the error.
+pub fn skip_unless_ci(what: &str, why: &str) -> Result<bool> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        bail!("{what} cannot run under CI: {why}");
     }
+    eprintln!("skipping {what}: {why}");
+    Ok(false)
 }

@@ -12,8 +12,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use keel_e2e::{Echo, spawn_echo_in, spawn_pilot_in, spawn_proxy_in, wait_until};
+use anyhow::Result;
+use keel_e2e::{
+    Echo, run_cmd, skip_unless_ci, spawn_echo_in, spawn_pilot_in, spawn_proxy_in, wait_until,
+};
 
 /// A network namespace, deleted on drop.
 struct Netns(String);
@@ -21,7 +23,7 @@ struct Netns(String);
 impl Netns {
     fn create() -> Result<Self> {
         let name = format!("keel-cap-{}", std::process::id());
-        run("ip", &["netns", "add", &name])?;
+        run_cmd("ip", &["netns", "add", &name])?;
         let ns = Self(name);
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         // An address (and so a route and a source address) for the VIP
@@ -48,7 +50,7 @@ impl Netns {
     fn exec(&self, args: &[&str]) -> Result<String> {
         let mut all = vec!["netns", "exec", &self.0];
         all.extend_from_slice(args);
-        run("ip", &all)
+        run_cmd("ip", &all)
     }
 
     /// `curl` inside the namespace: (status, headers and body).
@@ -62,28 +64,13 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.0]);
+        let _ = run_cmd("ip", &["netns", "del", &self.0]);
     }
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd} {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Whether the test can run here; `Err` when it must (CI) but cannot.
 fn can_run() -> Result<bool> {
-    let root = run("id", &["-u"]).is_ok_and(|u| u.trim() == "0");
+    let root = run_cmd("id", &["-u"]).is_ok_and(|u| u.trim() == "0");
     let tools = ["iptables", "ip", "curl"]
         .iter()
         .all(|t| Command::new(t).arg("--version").output().is_ok());
@@ -91,11 +78,7 @@ fn can_run() -> Result<bool> {
         return Ok(true);
     }
     let why = format!("needs root ({root}) and iptables, ip, curl ({tools})");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        bail!("capture test cannot run under CI: {why}");
-    }
-    eprintln!("skipping the capture test: {why}");
-    Ok(false)
+    skip_unless_ci("the capture test", &why)
 }
 
 fn status_of(answer: &str) -> Option<u16> {

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use keel_e2e::{
-    bin_path, command_as, nonzero_samples, spawn_echo_in, spawn_pilot_on, spawn_proxy_as,
-    wait_until,
+    bin_path, command_as, nonzero_samples, run_cmd, skip_unless_ci, spawn_echo_in, spawn_pilot_on,
+    spawn_proxy_as, wait_until,
 };
 
 /// The uid the sidecars run as and the capture rules exempt (Istio's).
@@ -67,7 +67,7 @@ const PODS: [Pod; 3] = [
 
 /// Whether the test can run here; `Err` when it must (CI) but cannot.
 fn can_run(what: &str) -> Result<bool> {
-    let root = run("id", &["-u"]).is_ok_and(|u| u.trim() == "0");
+    let root = run_cmd("id", &["-u"]).is_ok_and(|u| u.trim() == "0");
     let tools: Vec<&str> = [
         "ip",
         "iptables",
@@ -95,35 +95,12 @@ fn can_run(what: &str) -> Result<bool> {
             bin.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            bail!("{what} cannot run under CI: {why}");
-        }
-        eprintln!("skipping {what}: {why}");
-        return Ok(false);
+        return skip_unless_ci(what, &why);
     }
     let why = format!(
         "needs root (have root: {root}) and ip, iptables, iptables-save, iptables-restore, curl, setpriv (missing: {tools:?})"
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        bail!("{what} cannot run under CI: {why}");
-    }
-    eprintln!("skipping {what}: {why}");
-    Ok(false)
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd} {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    skip_unless_ci(what, &why)
 }
 
 /// The network: the node namespace with its bridge, the pod namespaces and
@@ -151,7 +128,7 @@ impl Net {
         let ip_n = |args: &[&str]| -> Result<String> {
             let mut all = vec!["-n", node.as_str()];
             all.extend_from_slice(args);
-            run("ip", &all)
+            run_cmd("ip", &all)
         };
         ip_n(&["link", "add", "br0", "type", "bridge"])?;
         ip_n(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
@@ -181,7 +158,7 @@ impl Net {
             let ip_p = |args: &[&str]| -> Result<String> {
                 let mut all = vec!["-n", ns.as_str()];
                 all.extend_from_slice(args);
-                run("ip", &all)
+                run_cmd("ip", &all)
             };
             ip_p(&["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"])?;
             ip_p(&["link", "set", "eth0", "up"])?;
@@ -196,9 +173,9 @@ impl Net {
 
     fn add_namespace(&mut self, name: &str) -> Result<String> {
         let ns = self.ns(name);
-        run("ip", &["netns", "add", &ns])?;
+        run_cmd("ip", &["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        run_cmd("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
@@ -207,7 +184,7 @@ impl Net {
         let ns = self.ns(name);
         let mut all = vec!["netns", "exec", ns.as_str()];
         all.extend_from_slice(args);
-        run("ip", &all)
+        run_cmd("ip", &all)
     }
 
     /// Runs `bin args` in namespace `name` as `uid` (root if `None`).
@@ -266,7 +243,7 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for ns in self.namespaces.iter().rev() {
-            if let Err(e) = run("ip", &["netns", "del", ns]) {
+            if let Err(e) = run_cmd("ip", &["netns", "del", ns]) {
                 eprintln!("cleanup: {e:#}");
             }
         }
@@ -283,7 +260,7 @@ impl Drop for Net {
 /// Deletes what runs killed before their drop left behind: `keel-pods-PID-*`
 /// namespaces and hosts directories whose PID is no longer running.
 fn sweep_stale() {
-    let Ok(list) = run("ip", &["netns", "list"]) else {
+    let Ok(list) = run_cmd("ip", &["netns", "list"]) else {
         return;
     };
     let mut stale: Vec<String> = list
@@ -307,7 +284,7 @@ fn sweep_stale() {
         if Path::new("/proc").join(pid).exists() {
             continue;
         }
-        let _ = run("ip", &["netns", "del", &name]);
+        let _ = run_cmd("ip", &["netns", "del", &name]);
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&name));
     }
 }
@@ -749,7 +726,7 @@ fn init_says_what_is_wrong_before_touching_anything() -> Result<()> {
         stderr_of(&out)
     );
 
-    let root = run("id", &["-u"]).is_ok_and(|u| u.trim() == "0");
+    let root = run_cmd("id", &["-u"]).is_ok_and(|u| u.trim() == "0");
     let out = if root {
         if Command::new("setpriv").arg("--version").output().is_err() {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
