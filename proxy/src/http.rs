@@ -152,8 +152,9 @@ async fn serve_h1(ctx: Arc<ConnCtx>, stream: TcpStream, mut drain: drain::Watch)
 
 /// The gRPC status in `headers` (`grpc-status`), if any.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use support::{Client, Mesh, Ports, docs, get, request_with_body, service_entry, subsets};
+use support::{Client, Mesh, Ports, docs, get, request, request_with_body, service_entry, subsets};
 
 /// The authority every test routes to.
 const ECHO: &str = "echo.test:9080";
@@ -137,12 +137,30 @@ async fn a_retry_goes_to_another_endpoint_and_exhausted_retries_say_so() -> Resu
     )?;
     let mut c = Client::h1(mesh.outbound()).await?;
     // Half the first attempts land on the broken endpoint; the one retry
-    // avoids it, so every request succeeds.
-    let one = statuses(&mut c, "/one-retry", 200).await?;
+    // avoids it, so every request succeeds. The upstream sees which attempt
+    // it answers in `x-envoy-attempt-count` (a client's own is replaced).
+    let mut attempts = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let req = request(
+            Method::GET,
+            "/one-retry",
+            ECHO,
+            &[("x-envoy-attempt-count", "9")],
+        )?;
+        let a = c.send(req).await?;
+        ensure!(
+            a.status == StatusCode::OK,
+            "one retry: {} {}",
+            a.status,
+            a.text()
+        );
+        let seen = a.json()?["headers"]["x-envoy-attempt-count"].clone();
+        *attempts.entry(seen.to_string()).or_insert(0) += 1;
+    }
+    let (first, second) = (attempts.get("\"1\""), attempts.get("\"2\""));
     ensure!(
-        count(&one, StatusCode::OK) == 200,
-        "{} of 200 failed with one retry to another endpoint",
-        200 - count(&one, StatusCode::OK)
+        attempts.len() == 2 && first.is_some_and(|n| *n > 50) && second.is_some_and(|n| *n > 50),
+        "attempt counts the upstream saw: {attempts:?}"
     );
     // Only the broken endpoint: three attempts, then its 503 goes back,
     // counted with the retry_limit flag.

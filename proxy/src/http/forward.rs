@@ -163,10 +163,12 @@ where
         }
         Action::Forward(fwd) => {
             let hash = router::request_hash(&fwd.hash_policies, &info);
-            // Boxed: the forwarding future is several KiB, and hyper moves
-            // the request's future around (into a task for HTTP/2); a
-            // pointer moves cheaper than the whole state.
-            Box::pin(forward(ctx, &snap, vh, route, fwd, req, authority, hash)).await
+            // Boxed: the forwarding future is large, and the request's
+            // future is moved (into hyper's slot, an HTTP/2 stream's) before
+            // it runs. Bound before the await, so the unboxed future is not
+            // kept in this one's state as a temporary of the await.
+            let f = Box::pin(forward(ctx, &snap, vh, route, fwd, req, authority, hash));
+            f.await
         }
     };
     if let Some((c, origin)) = cors {
@@ -294,7 +296,10 @@ async fn forward<B: ReqBody>(
     // destination, DNS) are boxed so their futures do not grow this one.
     let picked = match &upstream.cluster.discovery {
         Discovery::Eds { .. } | Discovery::Static(_) => balanced(upstream, hash.hash, &[]),
-        _ => Box::pin(pick(&ctx, upstream, hash.hash, &authority, &[])).await,
+        _ => {
+            let f = Box::pin(pick(&ctx, upstream, hash.hash, &authority, &[]));
+            f.await
+        }
     };
     let first = match picked {
         Ok(p) => p,
@@ -315,7 +320,7 @@ async fn forward<B: ReqBody>(
             &vh.request_headers,
         ],
     );
-    prepare_headers(&mut headers, vh);
+    prepare_headers(&mut headers);
     let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let rewritten_path = router::rewrite_path(route, fwd, original);
     let rewritten_authority = wc
@@ -417,22 +422,11 @@ async fn forward<B: ReqBody>(
         hash: hash.hash,
         authority: &authority,
         attempt_count: vh.include_attempt_count,
+        upgrade: upgrade.is_some(),
+        // The route timeout spans every attempt, as Envoy's does.
+        deadline: fwd.timeout.map(|t| (tokio::time::Instant::now() + t, t)),
     };
-
-    // The route timeout spans every attempt, as Envoy's does.
-    let attempted = match fwd.timeout {
-        Some(t) => match tokio::time::timeout(t, attempts(&mut ctx, plan, first)).await {
-            Ok(a) => a,
-            Err(_) => {
-                let detail = format!(
-                    "no response from {} within the route timeout {t:?}",
-                    upstream.cluster.name
-                );
-                return proxy_error(&mut ctx, Some(upstream), ErrorCode::Timeout, &detail);
-            }
-        },
-        None => attempts(&mut ctx, plan, first).await,
-    };
+    let attempted = attempts(&mut ctx, plan, first).await;
     let Attempted {
         outcome,
         host,
@@ -448,6 +442,13 @@ async fn forward<B: ReqBody>(
         Err(AttemptError::PerTryTimeout(addr, t)) => {
             let detail = format!(
                 "no response from {addr} ({}) within the per-try timeout {t:?}",
+                cluster.name
+            );
+            return proxy_error(&mut ctx, Some(upstream), ErrorCode::Timeout, &detail);
+        }
+        Err(AttemptError::RouteTimeout(t)) => {
+            let detail = format!(
+                "no response from {} within the route timeout {t:?}",
                 cluster.name
             );
             return proxy_error(&mut ctx, Some(upstream), ErrorCode::Timeout, &detail);
@@ -681,6 +682,18 @@ struct Plan<'a> {
     authority: &'a str,
     /// Send `x-envoy-attempt-count`.
     attempt_count: bool,
+    /// The request asks for an upgrade (never retried; sent by hyper).
+    upgrade: bool,
+    /// When the route timeout expires, and the timeout.
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
+}
+
+/// What bounds an attempt: the route timeout or the per-try one (the
+/// earlier; the route's on a tie).
+#[derive(Clone, Copy)]
+enum Limit {
+    Route(std::time::Duration),
+    PerTry(std::time::Duration),
 }
 
 /// Why the last attempt got no response.
@@ -691,6 +704,8 @@ enum AttemptError {
     Send(SendError),
     /// The per-try timeout expired at this endpoint.
     PerTryTimeout(SocketAddr, std::time::Duration),
+    /// The route timeout expired (no further attempt).
+    RouteTimeout(std::time::Duration),
 }
 
 /// The last attempt's outcome.
@@ -732,7 +747,16 @@ async fn attempts(
                         balanced(upstream, plan.hash, exclude)
                             .or_else(|_| balanced(upstream, plan.hash, &[]))
                     }
-                    _ => Box::pin(pick(ctx, upstream, plan.hash, plan.authority, exclude)).await,
+                    _ => {
+                        let f = Box::pin(pick(ctx, upstream, plan.hash, plan.authority, exclude));
+                        match plan.deadline {
+                            Some((at, t)) => match tokio::time::timeout_at(at, f).await {
+                                Ok(p) => p,
+                                Err(_) => return route_timeout(upstream, t),
+                            },
+                            None => f.await,
+                        }
+                    }
                 };
                 match picked {
                     Ok(p) => p,
@@ -759,33 +783,36 @@ async fn attempts(
         // Whether another attempt may follow this one: then the request's
         // parts are kept for it.
         let more = plan.policy.is_some_and(|p| attempt <= p.num_retries);
-        let mut up = Request::new(plan.bodies.next());
-        *up.uri_mut() = plan.uri.clone();
-        *up.version_mut() = if plan.h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        if more {
-            *up.method_mut() = plan.method.clone();
-            *up.headers_mut() = plan.headers.clone();
-        } else {
-            *up.method_mut() = std::mem::take(&mut plan.method);
-            *up.headers_mut() = std::mem::take(&mut plan.headers);
-        }
-        if plan.attempt_count {
-            up.headers_mut()
-                .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
-        }
         let timed = matches!(cluster.lb, LbPolicy::PeakEwma).then(Instant::now);
-        let sent = pool.send(up, plan.h2, ConnLimits::from(&**cluster));
         let per_try = plan.policy.and_then(|p| p.per_try_timeout);
-        let outcome = match per_try {
-            Some(t) => match tokio::time::timeout(t, sent).await {
-                Ok(r) => r.map_err(AttemptError::Send),
-                Err(_) => Err(AttemptError::PerTryTimeout(addr, t)),
-            },
-            None => sent.await.map_err(AttemptError::Send),
+        let limit = match (plan.deadline, per_try) {
+            (route, Some(t)) => {
+                let at = tokio::time::Instant::now() + t;
+                match route {
+                    Some((r, rt)) if r <= at => Some((r, Limit::Route(rt))),
+                    _ => Some((at, Limit::PerTry(t))),
+                }
+            }
+            (Some((r, rt)), None) => Some((r, Limit::Route(rt))),
+            (None, None) => None,
+        };
+        // The attempt's future is made in each arm (not bound once and
+        // moved), so this future holds one of it, not two.
+        let outcome = match limit {
+            Some((at, why)) => {
+                match tokio::time::timeout_at(at, send_attempt(&pool, &mut plan, attempt, more))
+                    .await
+                {
+                    Ok(r) => r.map_err(AttemptError::Send),
+                    Err(_) => Err(match why {
+                        Limit::PerTry(t) => AttemptError::PerTryTimeout(addr, t),
+                        Limit::Route(t) => AttemptError::RouteTimeout(t),
+                    }),
+                }
+            }
+            None => send_attempt(&pool, &mut plan, attempt, more)
+                .await
+                .map_err(AttemptError::Send),
         };
         if cluster.outlier_detection.is_some() {
             upstream.balancer.record(addr, outlier_outcome(&outcome));
@@ -793,7 +820,10 @@ async fn attempts(
         if let Some(t) = timed {
             upstream.balancer.observe(addr, t.elapsed());
         }
-        let Some(policy) = plan.policy else {
+        let Some(policy) = plan
+            .policy
+            .filter(|_| !matches!(outcome, Err(AttemptError::RouteTimeout(_))))
+        else {
             return Attempted {
                 outcome,
                 host,
@@ -812,7 +842,7 @@ async fn attempts(
             Err(AttemptError::PerTryTimeout(..)) => {
                 retry::retries_failure(policy, retry::Failure::Timeout)
             }
-            Err(AttemptError::Pick(..)) => false,
+            Err(AttemptError::Pick(..) | AttemptError::RouteTimeout(_)) => false,
         };
         let done = |exhausted, skipped| Attempted {
             outcome,
@@ -851,8 +881,71 @@ async fn attempts(
         tried.push(addr);
         // The failed attempt's response and connection go before the next.
         drop(done(false, None));
-        tokio::time::sleep(retry::backoff(policy, attempt)).await;
+        let wake = tokio::time::Instant::now() + retry::backoff(policy, attempt);
+        match plan.deadline {
+            Some((at, t)) if at <= wake => {
+                tokio::time::sleep_until(at).await;
+                return route_timeout(upstream, t);
+            }
+            _ => tokio::time::sleep_until(wake).await,
+        }
     }
+}
+
+/// The route timeout expired between attempts.
+fn route_timeout(upstream: &Upstream, t: std::time::Duration) -> Attempted {
+    Attempted {
+        outcome: Err(AttemptError::RouteTimeout(t)),
+        host: upstream.unknown.clone(),
+        exhausted: false,
+        skipped: None,
+    }
+}
+
+/// Sends one attempt of `plan`. HTTP/1.1 is encoded from the kept parts,
+/// so a request that may be retried is not copied; hyper's paths (HTTP/2,
+/// upgrades) take a `Request`, a copy when another attempt may follow.
+async fn send_attempt(
+    pool: &Arc<crate::upstream::pool::Pool>,
+    plan: &mut Plan<'_>,
+    attempt: u32,
+    more: bool,
+) -> Result<Response<Body>, SendError> {
+    let limits = ConnLimits::from(&*plan.upstream.cluster);
+    let body = plan.bodies.next();
+    let count = plan.attempt_count.then(|| match attempt {
+        1 => HeaderValue::from_static("1"),
+        n => HeaderValue::from(n),
+    });
+    if !plan.h2 && !plan.upgrade {
+        static ATTEMPT_COUNT: HeaderName = X_ENVOY_ATTEMPT_COUNT;
+        let extra = count.as_ref().map(|v| (&ATTEMPT_COUNT, v));
+        let req =
+            crate::upstream::h1::encode_parts(&plan.method, &plan.uri, &plan.headers, extra, body)
+                .map_err(|source| SendError::Reset {
+                    addr: pool.addr(),
+                    source,
+                })?;
+        return pool.send_encoded(req, limits).await;
+    }
+    let mut up = Request::new(body);
+    *up.uri_mut() = plan.uri.clone();
+    *up.version_mut() = if plan.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if more {
+        *up.method_mut() = plan.method.clone();
+        *up.headers_mut() = plan.headers.clone();
+    } else {
+        *up.method_mut() = std::mem::take(&mut plan.method);
+        *up.headers_mut() = std::mem::take(&mut plan.headers);
+    }
+    if let Some(v) = count {
+        up.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT, v);
+    }
+    pool.send_hyper(up, plan.h2, limits).await
 }
 
 /// What an attempt came to, for outlier detection: 5xx answers and no
@@ -1049,9 +1142,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Envoy's standard request headers: `x-request-id`, `x-forwarded-proto`,
-/// `x-envoy-attempt-count` when the virtual host asks for it.
-fn prepare_headers(headers: &mut HeaderMap, vh: &VirtualHost) {
+/// Envoy's standard request headers: `x-request-id`, `x-forwarded-proto`
+/// (`x-envoy-attempt-count` is set per attempt).
+fn prepare_headers(headers: &mut HeaderMap) {
     if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID)
         && let Ok(v) = HeaderValue::from_bytes(&request_id())
     {
@@ -1060,9 +1153,6 @@ fn prepare_headers(headers: &mut HeaderMap, vh: &VirtualHost) {
     headers
         .entry(X_FORWARDED_PROTO)
         .or_insert(HeaderValue::from_static("http"));
-    if vh.include_attempt_count {
-        headers.insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from_static("1"));
-    }
 }
 
 /// A random UUID (version 4) for `x-request-id`.

@@ -58,7 +58,9 @@ pub(super) fn retries_response(
     retriable_headers: &[String],
 ) -> bool {
     let code = status.as_u16();
-    let grpc = super::grpc_status(headers);
+    // Read only when a gRPC condition asks.
+    let mut grpc_status = None;
+    let mut grpc = || *grpc_status.get_or_insert_with(|| super::grpc_status(headers));
     policy.retry_on.iter().any(|on| match on {
         RetryOn::FiveXx => status.is_server_error(),
         RetryOn::GatewayError => matches!(code, 502..=504),
@@ -68,11 +70,11 @@ pub(super) fn retries_response(
             .iter()
             .any(|name| headers.contains_key(name.as_str())),
         RetryOn::EnvoyRatelimited => headers.contains_key("x-envoy-ratelimited"),
-        RetryOn::Cancelled => grpc == Some(1),
-        RetryOn::DeadlineExceeded => grpc == Some(4),
-        RetryOn::ResourceExhausted => grpc == Some(8),
-        RetryOn::Internal => grpc == Some(13),
-        RetryOn::Unavailable => grpc == Some(14),
+        RetryOn::Cancelled => grpc() == Some(1),
+        RetryOn::DeadlineExceeded => grpc() == Some(4),
+        RetryOn::ResourceExhausted => grpc() == Some(8),
+        RetryOn::Internal => grpc() == Some(13),
+        RetryOn::Unavailable => grpc() == Some(14),
         RetryOn::Reset
         | RetryOn::ResetBeforeRequest
         | RetryOn::ConnectFailure

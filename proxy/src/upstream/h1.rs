@@ -144,7 +144,21 @@ enum Framing {
 /// exact size when known, else chunked.
 pub fn encode(req: Request<Body>) -> Result<Encoded, BoxError> {
     let (parts, body) = req.into_parts();
-    let declared = match parts.headers.get(header::CONTENT_LENGTH) {
+    encode_parts(&parts.method, &parts.uri, &parts.headers, None, body)
+}
+
+/// [`encode`] from borrowed parts, so a request sent more than once (a
+/// retry) is encoded again without a copy of its headers. `extra`, when
+/// given, is written in place of any such field in `headers` (the
+/// per-attempt `x-envoy-attempt-count`).
+pub fn encode_parts(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    extra: Option<(&HeaderName, &HeaderValue)>,
+    body: Body,
+) -> Result<Encoded, BoxError> {
+    let declared = match headers.get(header::CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
                 .ok()
@@ -163,27 +177,34 @@ pub fn encode(req: Request<Body>) -> Result<Encoded, BoxError> {
             None => Framing::Chunked,
         },
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let field_len = |k: &HeaderName, v: &HeaderValue| k.as_str().len() + v.len() + 4;
     let mut head = BytesMut::with_capacity(
         64 + path.len()
-            + parts
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum::<usize>(),
+            + headers.iter().map(|(k, v)| field_len(k, v)).sum::<usize>()
+            + extra.map_or(0, |(k, v)| field_len(k, v)),
     );
-    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.extend_from_slice(method.as_str().as_bytes());
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
-            continue;
-        }
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+            || extra.is_some_and(|(e, _)| e == name)
+        {
+            continue;
+        }
+        field(name, value);
+    }
+    if let Some((name, value)) = extra {
+        field(name, value);
     }
     match framing {
         Framing::Length(n) => {
@@ -192,7 +213,7 @@ pub fn encode(req: Request<Body>) -> Result<Encoded, BoxError> {
             head.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Empty if declared == Some(0) || needs_length(&parts.method) => {
+        Framing::Empty if declared == Some(0) || needs_length(method) => {
             head.extend_from_slice(b"content-length: 0\r\n");
         }
         Framing::Empty => {}
@@ -202,9 +223,9 @@ pub fn encode(req: Request<Body>) -> Result<Encoded, BoxError> {
         head: head.freeze(),
         framing,
         body,
-        head_method: parts.method == Method::HEAD,
+        head_method: method == Method::HEAD,
         idempotent: matches!(
-            parts.method,
+            *method,
             Method::GET
                 | Method::HEAD
                 | Method::OPTIONS

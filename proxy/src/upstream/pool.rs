@@ -186,26 +186,44 @@ impl Pool {
         let limits = limits.into();
         // The HTTP/2 and upgrade paths hold hyper's futures, several times
         // the size of the HTTP/1.1 one: boxed, they do not grow the future
-        // every request's task carries (and copies when spawned).
-        if h2 {
-            Box::pin(self.send_h2(req, limits)).await
-        } else if req.headers().contains_key(header::UPGRADE) {
-            Box::pin(self.send_upgrade(req, limits.connect_timeout)).await
+        // every request's task carries (and copies when spawned). Each box
+        // is bound before its await: an unboxed temporary of the await
+        // expression would stay in this future's state.
+        if h2 || req.headers().contains_key(header::UPGRADE) {
+            self.send_hyper(req, h2, limits).await
         } else {
-            self.send_h1(req, limits).await
+            let req = h1::encode(req).map_err(|source| SendError::Reset {
+                addr: self.addr,
+                source,
+            })?;
+            self.send_encoded(req, limits).await
         }
     }
 
-    async fn send_h1(
+    /// Sends `req` through hyper: over HTTP/2 (`h2`), else an HTTP/1.1
+    /// upgrade request on a connection of its own.
+    pub async fn send_hyper(
         self: &Arc<Self>,
         req: Request<Body>,
+        h2: bool,
+        limits: ConnLimits,
+    ) -> Result<Response<Body>, SendError> {
+        if h2 {
+            let f = Box::pin(self.send_h2(req, limits));
+            f.await
+        } else {
+            let f = Box::pin(self.send_upgrade(req, limits.connect_timeout));
+            f.await
+        }
+    }
+
+    /// Sends a request already encoded for HTTP/1.1 (no upgrade).
+    pub async fn send_encoded(
+        self: &Arc<Self>,
+        mut req: h1::Encoded,
         limits: ConnLimits,
     ) -> Result<Response<Body>, SendError> {
         let connect_timeout = limits.connect_timeout;
-        let mut req = h1::encode(req).map_err(|source| SendError::Reset {
-            addr: self.addr,
-            source,
-        })?;
         // A pooled connection the server closed while idle fails without a
         // byte of answer; an idempotent request whose body was not read yet
         // then goes out again (the last time on a fresh connection).
@@ -215,7 +233,10 @@ impl Pool {
             attempt += 1;
             let conn = match self.checkout(fresh, &limits) {
                 Some(c) => c,
-                None => h1::Conn::new(Box::pin(connect(self.addr, connect_timeout)).await?),
+                None => {
+                    let f = Box::pin(connect(self.addr, connect_timeout));
+                    h1::Conn::new(f.await?)
+                }
             };
             match h1::exchange(conn, req, Arc::downgrade(self), limits).await {
                 Ok(resp) => return Ok(resp.map(BodyExt::boxed_unsync)),

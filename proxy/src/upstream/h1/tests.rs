@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Body as _, Frame};
@@ -289,6 +289,31 @@ fn encode_frames_the_body_by_what_is_known() {
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("three"));
     let err = encode(req).expect_err("a non-numeric content-length is refused");
     assert_contains(&err.to_string(), "content-length is not a number");
+}
+
+#[test]
+fn encode_parts_writes_the_extra_field_in_place_of_the_requests() {
+    // A retry encodes the same kept parts again with its own attempt count;
+    // a count the client sent is replaced, not repeated.
+    let count = HeaderName::from_static("x-envoy-attempt-count");
+    let mut headers = HeaderMap::new();
+    headers.insert(header::HOST, HeaderValue::from_static("upstream.test"));
+    headers.insert(count.clone(), HeaderValue::from_static("7"));
+    let uri: http::Uri = "/r".parse().expect("uri");
+    for (n, want) in [("1", "1"), ("2", "2")] {
+        let v = HeaderValue::from_static(n);
+        let enc = encode_parts(&Method::GET, &uri, &headers, Some((&count, &v)), empty())
+            .expect("encodes");
+        assert_eq!(
+            head_of(&enc),
+            format!(
+                "GET /r HTTP/1.1\r\nhost: upstream.test\r\nx-envoy-attempt-count: {want}\r\n\r\n"
+            )
+        );
+    }
+    // Without one, the request's own passes through.
+    let enc = encode_parts(&Method::GET, &uri, &headers, None, empty()).expect("encodes");
+    assert!(head_of(&enc).contains("x-envoy-attempt-count: 7\r\n"));
 }
 
 #[tokio::test]
