@@ -18,11 +18,14 @@
 //! go to the aligned entry points.
 //!
 //! This is the crate's only `unsafe` code (the workspace denies it
-//! elsewhere): `GlobalAlloc` is an unsafe trait.
+//! elsewhere): `GlobalAlloc` is an unsafe trait, and [`trim_if_due`] calls
+//! mimalloc's `mi_collect`.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ffi::c_void;
+use std::time::{Duration, Instant};
 
 use libmimalloc_sys as mi;
 
@@ -119,4 +122,39 @@ mod tests {
             }
         }
     }
+}
+
+/// How often, at most, a runtime thread hands its heap's free memory back
+/// to the OS.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static LAST_TRIM: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Returns the calling thread's free heap memory to the OS (mimalloc's
+/// `mi_collect`), unless it did so less than [`TRIM_INTERVAL`] ago.
+///
+/// mimalloc keeps the pages of freed blocks for reuse, and purges them
+/// only when it is called again later: after a config push (the decoded
+/// responses, the previous state) or a burst of connections (their
+/// buffers), an idle proxy would keep them resident for good. The binary
+/// calls this when a runtime thread is about to park (idle) and from a
+/// ticker that wakes the runtime once per interval (see `keel-proxy.rs`).
+/// Under load it runs at most once per interval per thread; the
+/// instructions per request do not change.
+pub fn trim_if_due() {
+    let now = Instant::now();
+    LAST_TRIM.with(|last| {
+        if last
+            .get()
+            .is_some_and(|t| now.saturating_duration_since(t) < TRIM_INTERVAL)
+        {
+            return;
+        }
+        last.set(Some(now));
+        // SAFETY: `mi_collect` has no preconditions; it only touches the
+        // calling thread's heap and mimalloc's own shared state.
+        unsafe { mi::mi_collect(true) }
+    });
 }

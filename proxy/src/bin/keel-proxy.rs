@@ -37,14 +37,18 @@ fn main() -> ExitCode {
         return keel_proxy::init::main(std::env::args_os().skip(2));
     }
     let config = Config::parse();
+    // An idle runtime thread hands its free heap memory back to the OS
+    // (`keel_proxy::alloc::trim_if_due`).
     let runtime = if config.concurrency == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(keel_proxy::alloc::trim_if_due)
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(usize::from(config.concurrency))
             .enable_all()
+            .on_thread_park(keel_proxy::alloc::trim_if_due)
             .build()
     };
     match runtime {
@@ -57,6 +61,15 @@ fn main() -> ExitCode {
 }
 
 async fn start(config: Config) -> ExitCode {
+    // Wakes the runtime once per trim interval, so a thread that went idle
+    // right after a burst (too soon to trim then) parks, and trims, again.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(keel_proxy::alloc::TRIM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+        }
+    });
     let log_level = match keel_proxy::logging::init(config.log_format) {
         Ok(l) => Some(l),
         Err(e) => {

@@ -60,6 +60,25 @@ impl<T> At<T> for Result<T> {
     }
 }
 
+/// Collecting converted elements into a `Vec` of exactly their number.
+/// (`collect::<Result<Vec<_>>>` cannot see the length through the
+/// `Result`s: it starts at four and doubles, and converted config is kept
+/// for as long as it serves, once per resource.)
+pub trait CollectExact<T> {
+    /// The elements, or the first error.
+    fn collect_exact(self) -> Result<Vec<T>>;
+}
+
+impl<T, I: Iterator<Item = Result<T>>> CollectExact<T> for I {
+    fn collect_exact(self) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(self.size_hint().0);
+        for item in self {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+}
+
 /// A protobuf duration as a std one; negative durations are an error.
 pub fn duration(d: &PbDuration, path: &str) -> Result<Duration> {
     if d.seconds < 0 || d.nanos < 0 {

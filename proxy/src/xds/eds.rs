@@ -9,7 +9,7 @@ use keel_proto::envoy::config::endpoint::v3 as pb;
 use keel_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use keel_proto::google::protobuf::value::Kind;
 
-use super::convert::{At, FieldError, Result};
+use super::convert::{At, CollectExact, FieldError, Result};
 use super::lds::port;
 use crate::state::endpoint::{
     Endpoint, EndpointAddress, Endpoints, Health, Locality, LocalityEndpoints, WorkloadMeta,
@@ -22,7 +22,7 @@ pub fn load_assignment(la: &pb::ClusterLoadAssignment) -> Result<Endpoints> {
         .iter()
         .enumerate()
         .map(|(i, l)| locality(l).at(format!("endpoints[{i}]")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     Ok(Endpoints {
         cluster_name: la.cluster_name.clone(),
         localities,
@@ -35,7 +35,7 @@ fn locality(l: &pb::LocalityLbEndpoints) -> Result<LocalityEndpoints> {
         .iter()
         .enumerate()
         .map(|(i, e)| endpoint(e).at(format!("lb_endpoints[{i}]")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     let loc = l.locality.clone().unwrap_or_default();
     Ok(LocalityEndpoints {
         locality: Locality {

@@ -22,7 +22,7 @@ use keel_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, t
 use keel_proto::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use keel_proto::google::protobuf::Any;
 
-use super::convert::{At, FieldError, Result};
+use super::convert::{At, CollectExact, FieldError, Result};
 use super::rds::route_table;
 use crate::state::listener::{
     ChainAction, ChainMatch, Direction, DownstreamTls, FilterChain, HttpFilters, HttpManager,
@@ -108,7 +108,7 @@ pub fn listener(l: &pb::Listener) -> Result<Option<Listener>> {
         .iter()
         .enumerate()
         .map(|(i, c)| filter_chain(c).at(format!("filter_chains[{i}]")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     let default_chain = l
         .default_filter_chain
         .as_ref()

@@ -16,8 +16,8 @@ use keel_proto::envoy::r#type::matcher::v3::StringMatcher as PbStringMatcher;
 use keel_proto::google::protobuf::Any;
 
 use super::convert::{
-    At, FieldError, Result, duration, fraction_ppm, header_mutation, opt_nonzero_duration, regex,
-    string_matcher,
+    At, CollectExact, FieldError, Result, duration, fraction_ppm, header_mutation,
+    opt_nonzero_duration, regex, string_matcher,
 };
 use crate::state::route::{
     Abort, AbortStatus, Action, Backoff, Cors, Delay, Domain, Fault, Forward, HashInput,
@@ -36,7 +36,7 @@ pub fn route_table(rc: &pb::RouteConfiguration) -> Result<RouteTable> {
         .iter()
         .enumerate()
         .map(|(i, vh)| virtual_host(vh).at(element("virtual_hosts", i, &vh.name)))
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     if rc.vhds.is_some() {
         return Err(FieldError::new("vhds", "VHDS is not supported"));
     }
@@ -65,7 +65,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost> {
         .iter()
         .enumerate()
         .map(|(i, r)| convert_route(r).at(element("routes", i, &r.name)))
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     Ok(VirtualHost {
         name: vh.name.clone(),
         domains: vh.domains.iter().map(|d| Domain::parse(d)).collect(),
@@ -178,7 +178,7 @@ fn route_match(m: Option<&pb::RouteMatch>) -> Result<RouteMatch> {
         .iter()
         .enumerate()
         .map(|(i, h)| header_matcher(h).at(format!("headers[{i}]")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     let query = m
         .query_parameters
         .iter()
@@ -195,7 +195,7 @@ fn route_match(m: Option<&pb::RouteMatch>) -> Result<RouteMatch> {
                 value,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     Ok(RouteMatch {
         path,
         case_sensitive: m.case_sensitive.is_none_or(|b| b.value),
@@ -283,7 +283,7 @@ fn forward(a: &pb::RouteAction) -> Result<Forward> {
                     },
                 })
             })
-            .collect::<Result<Vec<_>>>()?,
+            .collect_exact()?,
         _ => {
             return Err(FieldError::new(
                 "cluster_specifier",
@@ -340,7 +340,7 @@ fn forward(a: &pb::RouteAction) -> Result<Forward> {
         .iter()
         .enumerate()
         .map(|(i, h)| hash_policy(h).at(format!("hash_policy[{i}]")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     let mirrors = a
         .request_mirror_policies
         .iter()
@@ -360,7 +360,7 @@ fn forward(a: &pb::RouteAction) -> Result<Forward> {
                     .map_or(1_000_000, |f| fraction_ppm(f.default_value.as_ref())),
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     Ok(Forward {
         clusters,
         total_weight,
@@ -442,7 +442,7 @@ fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy> {
                     )
                 })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     let mut avoid_previous_hosts = false;
     for (i, p) in r.retry_host_predicate.iter().enumerate() {
         if p.name == "envoy.retry_host_predicates.previous_hosts" {
@@ -588,7 +588,7 @@ fn cors_config(any: &Any) -> Result<Cors> {
         .map(|(i, m): (usize, &PbStringMatcher)| {
             string_matcher(m, &format!("allow_origin_string_match[{i}]"))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect_exact()?;
     Ok(Cors {
         allow_origins,
         allow_methods: c.allow_methods,
