@@ -1,7 +1,8 @@
 //! keel-common: only what two or more Keel binaries share.
 //!
 //! Today that is [`shutdown_signal`], the wait for SIGTERM or Ctrl-C every
-//! binary drains on. Component logic never lives here.
+//! binary drains on, and [`parse_duration`] for duration flags. Component
+//! logic never lives here.
 
 /// Resolves on the first SIGTERM or Ctrl-C, logging which arrived. A signal
 /// that cannot be listened for (no handler could be installed) is logged and
@@ -54,4 +55,30 @@ mod tests {
             .expect("resolves after SIGTERM")
             .expect("task ok");
     }
+}
+
+/// Parses a duration flag: `250ms`, `5s`, `1m`, `24h`, `90d`, or a bare
+/// number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write e.g. 5s, 250ms, 1m, 24h or 90d"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }

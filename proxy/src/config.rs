@@ -134,24 +134,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// Parses `5s`, `250ms`, `1m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: write e.g. 5s, 250ms or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s or m")),
-    };
-    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
+pub use keel_common::parse_duration;
 
 /// Labels Istio uses for the canonical workload name, in order of preference.
 const NAME_LABELS: [&str; 2] = ["service.istio.io/canonical-name", "app"];
@@ -341,7 +324,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("5h").is_err_and(|e| e.contains("unknown unit")));
+        assert_eq!(parse_duration("5h"), Ok(Duration::from_secs(5 * 3600)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
+        assert!(parse_duration("5w").is_err_and(|e| e.contains("unknown unit")));
         assert!(parse_duration("fast").is_err());
     }
 
