@@ -78,7 +78,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .tls_config(tls)
         .context("configuring TLS")?
         .add_service(IstioCertificateServiceServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), keel_common::shutdown_signal());
+        .serve_with_incoming_shutdown(incoming(grpc), keel_common::shutdown_signal());
     let monitoring_server = axum::serve(monitoring, monitoring_router(ca, metrics))
         .with_graceful_shutdown(keel_common::shutdown_signal());
 
@@ -94,6 +94,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     g.context("serving gRPC")?;
     m.context("serving monitoring")?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: a response's last
+/// TLS record would otherwise wait for the client's delayed ACK (40 ms per
+/// request, measured by keel-citadel-bench).
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            if let Err(e) = c.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        })
+    })
 }
 
 /// The line tests and `keelctl` wait for.
