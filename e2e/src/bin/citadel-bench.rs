@@ -86,7 +86,12 @@ fn main() -> Result<()> {
 /// Pins this process to `cpu`.
 fn pin_self(cpu: usize) -> Result<()> {
     let status = Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), &std::process::id().to_string()])
+        .args([
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
         .stdout(Stdio::null())
         .status()
         .context("running taskset (util-linux)")?;
@@ -127,7 +132,12 @@ async fn run(args: &Args) -> Result<(u64, Duration, Duration)> {
         .arg(&bin)
         .arg("--state-dir")
         .arg(state.path())
-        .args(["--grpc-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--monitoring-addr",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
