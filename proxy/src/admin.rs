@@ -7,15 +7,15 @@
 //! they reference) are applied, 503 before. Both read the shared state
 //! without locking and never write it.
 
-use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,14 +38,6 @@ pub enum AdminError {
         /// The IO error.
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error("serving {what}: {source}")]
-    Serve {
-        /// The server.
-        what: &'static str,
-        /// The IO error.
-        source: std::io::Error,
-    },
 }
 
 /// What the admin handlers need.
@@ -59,46 +51,82 @@ pub struct AdminState {
     pub shutdown: watch::Sender<bool>,
 }
 
+/// What one of the three servers answers.
+#[derive(Clone)]
+pub enum Endpoints {
+    /// Admin: `GET /config_dump`, `GET`/`POST /logging`, `POST /quitquitquit`.
+    Admin(AdminState),
+    /// Readiness: `GET /healthz/ready`.
+    Ready(SharedState, watch::Receiver<bool>),
+    /// Prometheus: `GET /stats/prometheus` (and `/metrics`).
+    Stats(Arc<Registry>),
+}
+
+/// A response with a body.
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
 /// The admin routes.
-pub fn admin_router(s: AdminState) -> Router {
-    Router::new()
-        .route("/config_dump", get(config_dump))
-        .route("/logging", get(get_logging).post(set_logging))
-        .route("/quitquitquit", post(quit))
-        .with_state(s)
+pub fn admin_router(s: AdminState) -> Endpoints {
+    Endpoints::Admin(s)
 }
 
 /// The readiness routes.
-pub fn ready_router(state: SharedState, draining: watch::Receiver<bool>) -> Router {
-    Router::new()
-        .route("/healthz/ready", get(ready))
-        .with_state((state, draining))
+pub fn ready_router(state: SharedState, draining: watch::Receiver<bool>) -> Endpoints {
+    Endpoints::Ready(state, draining)
 }
 
 /// The Prometheus routes (`/stats/prometheus`, and `/metrics` for
 /// scrapers configured the generic way).
-pub fn stats_router(registry: Arc<Registry>) -> Router {
-    Router::new()
-        .route("/stats/prometheus", get(stats))
-        .route("/metrics", get(stats))
-        .with_state(registry)
+pub fn stats_router(registry: Arc<Registry>) -> Endpoints {
+    Endpoints::Stats(registry)
 }
 
-async fn stats(State(registry): State<Arc<Registry>>) -> Response {
-    match crate::metrics::encode(&registry) {
-        Ok(body) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                crate::metrics::CONTENT_TYPE,
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => (
+impl Endpoints {
+    fn handle<B>(&self, req: &Request<B>) -> Reply {
+        let path = req.uri().path();
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        let post = req.method() == Method::POST;
+        let route = match (self, path) {
+            (Self::Admin(s), "/config_dump") => get.then(|| config_dump(s)),
+            (Self::Admin(s), "/logging") if post => Some(set_logging(s, req.uri().query())),
+            (Self::Admin(s), "/logging") => get.then(|| get_logging(s)),
+            (Self::Admin(s), "/quitquitquit") => post.then(|| quit(s)),
+            (Self::Ready(state, draining), "/healthz/ready") => get.then(|| ready(state, draining)),
+            (Self::Stats(registry), "/stats/prometheus" | "/metrics") => {
+                get.then(|| stats(registry))
+            }
+            _ => return text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n")),
+        };
+        route.unwrap_or_else(|| {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on {path}\n", req.method()),
+            )
+        })
+    }
+}
+
+fn stats(registry: &Registry) -> Reply {
+    match crate::metrics::encode(registry) {
+        Ok(body) => reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, body),
+        Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics: {e}\n"),
-        )
-            .into_response(),
+        ),
     }
 }
 
@@ -109,77 +137,184 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, A
         .map_err(|source| AdminError::Bind { what, addr, source })
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true.
+/// Serves `endpoints` (HTTP/1.1) on `listener` until `shutdown` turns
+/// true; open connections then finish the request they are on.
 pub async fn serve(
     what: &'static str,
     listener: TcpListener,
-    router: Router,
+    endpoints: Endpoints,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AdminError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(|source| AdminError::Serve { what, source })
-}
-
-async fn config_dump(State(s): State<AdminState>) -> Response {
-    let state = s.state.load_full();
-    axum::Json(&*state).into_response()
-}
-
-async fn get_logging(State(s): State<AdminState>) -> Response {
-    match &s.log_level {
-        Some(l) => format!("level: {}\n", l.get()).into_response(),
-        None => (StatusCode::NOT_FOUND, "logging is not configurable\n").into_response(),
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::debug!(what, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => return Ok(()),
+        };
+        let endpoints = endpoints.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let r = endpoints.handle(&req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
     }
 }
 
-async fn set_logging(
-    State(s): State<AdminState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let Some(level) = q.get("level") else {
-        return (
+/// Resolves once `shutdown` is true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+fn config_dump(s: &AdminState) -> Reply {
+    let state = s.state.load_full();
+    match serde_json::to_vec(&*state) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serializing the state: {e}\n"),
+        ),
+    }
+}
+
+fn get_logging(s: &AdminState) -> Reply {
+    match &s.log_level {
+        Some(l) => text(StatusCode::OK, format!("level: {}\n", l.get())),
+        None => text(StatusCode::NOT_FOUND, "logging is not configurable\n"),
+    }
+}
+
+fn set_logging(s: &AdminState, query: Option<&str>) -> Reply {
+    let Some(level) = query_param(query.unwrap_or(""), "level") else {
+        return text(
             StatusCode::BAD_REQUEST,
             "missing ?level=, e.g. POST /logging?level=debug\n",
-        )
-            .into_response();
+        );
     };
     let Some(control) = &s.log_level else {
-        return (StatusCode::NOT_FOUND, "logging is not configurable\n").into_response();
+        return text(StatusCode::NOT_FOUND, "logging is not configurable\n");
     };
-    match control.set(level) {
+    match control.set(&level) {
         Ok(()) => {
             tracing::info!(%level, "log level changed");
-            format!("level: {level}\n").into_response()
+            text(StatusCode::OK, format!("level: {level}\n"))
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
 
-async fn quit(State(s): State<AdminState>) -> Response {
+/// The first `name=` value of a query string, percent-decoded (`+` is a
+/// space, as in forms).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn quit(s: &AdminState) -> Reply {
     tracing::info!("/quitquitquit: shutting down");
     s.shutdown.send_replace(true);
-    "OK\n".into_response()
+    text(StatusCode::OK, "OK\n")
 }
 
-async fn ready(State((state, draining)): State<(SharedState, watch::Receiver<bool>)>) -> Response {
+fn ready(state: &SharedState, draining: &watch::Receiver<bool>) -> Reply {
     if *draining.borrow() {
-        return (
+        return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: draining (shutting down)\n",
-        )
-            .into_response();
+        );
     }
     if state.load().is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
+        text(StatusCode::OK, "ready\n")
     } else {
-        (
+        text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: waiting for the first CDS, LDS and the EDS/RDS they reference\n",
         )
-            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_param("level=debug", "level").as_deref(),
+            Some("debug")
+        );
+        assert_eq!(
+            query_param("x=1&level=info%2Ckeel_proxy%3Ddebug", "level").as_deref(),
+            Some("info,keel_proxy=debug")
+        );
+        assert_eq!(
+            query_param("level=a+b%zz%4", "level").as_deref(),
+            Some("a b%zz%4")
+        );
+        assert_eq!(query_param("levels=x", "level"), None);
+        assert_eq!(query_param("", "level"), None);
+    }
+
+    #[test]
+    fn unknown_paths_and_methods_say_so() {
+        let stats = stats_router(Arc::new(Registry::default()));
+        let req = |m: Method, p: &str| Request::builder().method(m).uri(p).body(()).expect("req");
+        assert_eq!(
+            stats.handle(&req(Method::GET, "/metrics")).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            stats.handle(&req(Method::GET, "/nope")).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            stats
+                .handle(&req(Method::POST, "/stats/prometheus"))
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }
