@@ -1,8 +1,8 @@
 //! keel-common: only what two or more Keel binaries share.
 //!
 //! Today that is [`shutdown_signal`], the wait for SIGTERM or Ctrl-C every
-//! binary drains on, and [`parse_duration`] for duration flags. Component
-//! logic never lives here.
+//! binary drains on, [`init_logging`] for the control-plane binaries and
+//! [`parse_duration`] for duration flags. Component logic never lives here.
 
 /// Resolves on the first SIGTERM or Ctrl-C, logging which arrived. A signal
 /// that cannot be listened for (no handler could be installed) is logged and
@@ -81,4 +81,19 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         }
     };
     std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as plain text
+/// or (`format == "json"`) one JSON object per line.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     if let Some(Command::Token(args)) = cli.command {
         return token(&args);
     }
-    init_logging(&cli.serve.log_format);
+    keel_common::init_logging(&cli.serve.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,18 +53,5 @@ fn token(args: &TokenArgs) -> ExitCode {
             eprintln!("keel-citadel token: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    init_logging(&config.log_format);
+    keel_common::init_logging(&config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,19 +36,6 @@ fn main() -> ExitCode {
             eprintln!("keel-pilot: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 
