@@ -252,54 +252,7 @@ pub fn command_in(netns: Option<&str>, bin: &Path) -> Command {
 
 /// [`spawn_pilot_with_args`] inside network namespace `netns` (if given).
 pub fn spawn_pilot_in(netns: Option<&str>, config_dir: &Path, extra: &[&str]) -> Result<Pilot> {
-    let bin = bin_path("keel-pilot", "keel-pilot");
-    let mut cmd = command_in(netns, &bin);
-    cmd.arg("--config-dir")
-        .arg(config_dir)
-        .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(extra);
-    let mut child = ChildGuard::spawn("keel-pilot", &mut cmd, Stdio::piped())?;
-    let stdout = child
-        .take_stdout()
-        .context("keel-pilot's stdout was not piped")?;
-    let lines = line_channel(stdout);
-
-    let deadline = Instant::now() + PILOT_READY_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(rest) = line.strip_prefix(PILOT_READY_PREFIX) {
-                    let (xds_addr, http_addr) = parse_ready(rest)
-                        .with_context(|| format!("parsing pilot's ready line {line:?}"))?;
-                    // Keep draining stdout so pilot never blocks on a full pipe.
-                    thread::spawn(move || {
-                        for line in lines {
-                            eprintln!("[keel-pilot stdout] {line}");
-                        }
-                    });
-                    return Ok(Pilot {
-                        child,
-                        xds_addr,
-                        http_addr,
-                    });
-                }
-                eprintln!("[keel-pilot stdout] {line}");
-            }
-            Err(RecvTimeoutError::Timeout) => bail!(
-                "keel-pilot ({}) printed no {PILOT_READY_PREFIX:?} line within \
-                 {PILOT_READY_TIMEOUT:?}; its stderr is above",
-                bin.display()
-            ),
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = child.child.wait()?;
-                bail!(
-                    "keel-pilot exited ({status}) before printing its ready line; \
-                     its stderr is above (command: {cmd:?})"
-                );
-            }
-        }
-    }
+    spawn_pilot_on(netns, std::net::Ipv4Addr::LOCALHOST.into(), config_dir, extra)
 }
 
 /// Parses `xds=127.0.0.1:PORT http=127.0.0.1:PORT`.
@@ -1022,34 +975,46 @@ pub fn spawn_pilot_on(
         .args(["--xds-addr", &any_port, "--http-addr", &any_port])
         .args(extra);
     let mut child = ChildGuard::spawn("keel-pilot", &mut cmd, Stdio::piped())?;
-    let lines = line_channel(child.take_stdout().context("keel-pilot's stdout")?);
+    let stdout = child
+        .take_stdout()
+        .context("keel-pilot's stdout was not piped")?;
+    let lines = line_channel(stdout);
+
     let deadline = Instant::now() + PILOT_READY_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = match lines.recv_timeout(left) {
-            Ok(line) => line,
-            Err(_) => bail!(
-                "keel-pilot ({}) printed no {PILOT_READY_PREFIX:?} line within \
-                 {PILOT_READY_TIMEOUT:?} (or exited); its stderr is above (command: {cmd:?})",
-                bin.display()
-            ),
-        };
-        let Some(rest) = line.strip_prefix(PILOT_READY_PREFIX) else {
-            eprintln!("[keel-pilot stdout] {line}");
-            continue;
-        };
-        let (xds_addr, http_addr) =
-            parse_ready(rest).with_context(|| format!("parsing pilot's ready line {line:?}"))?;
-        thread::spawn(move || {
-            for line in lines {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix(PILOT_READY_PREFIX) {
+                    let (xds_addr, http_addr) = parse_ready(rest)
+                        .with_context(|| format!("parsing pilot's ready line {line:?}"))?;
+                    // Keep draining stdout so pilot never blocks on a full pipe.
+                    thread::spawn(move || {
+                        for line in lines {
+                            eprintln!("[keel-pilot stdout] {line}");
+                        }
+                    });
+                    return Ok(Pilot {
+                        child,
+                        xds_addr,
+                        http_addr,
+                    });
+                }
                 eprintln!("[keel-pilot stdout] {line}");
             }
-        });
-        return Ok(Pilot {
-            child,
-            xds_addr,
-            http_addr,
-        });
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "keel-pilot ({}) printed no {PILOT_READY_PREFIX:?} line within \
+                 {PILOT_READY_TIMEOUT:?}; its stderr is above",
+                bin.display()
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = child.child.wait()?;
+                bail!(
+                    "keel-pilot exited ({status}) before printing its ready line; \
+                     its stderr is above (command: {cmd:?})"
+                );
+            }
+        }
     }
 }
 
