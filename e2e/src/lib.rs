@@ -252,7 +252,12 @@ pub fn command_in(netns: Option<&str>, bin: &Path) -> Command {
 
 /// [`spawn_pilot_with_args`] inside network namespace `netns` (if given).
 pub fn spawn_pilot_in(netns: Option<&str>, config_dir: &Path, extra: &[&str]) -> Result<Pilot> {
-    spawn_pilot_on(netns, std::net::Ipv4Addr::LOCALHOST.into(), config_dir, extra)
+    spawn_pilot_on(
+        netns,
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        config_dir,
+        extra,
+    )
 }
 
 /// Parses `xds=127.0.0.1:PORT http=127.0.0.1:PORT`.
