@@ -177,7 +177,10 @@ async fn connection(
                 _ => "no filter chain for this connection",
             };
             let _rec = dp.plane.metrics().tcp(
-                dp.plane.unrouted(matches!(role, Role::Inbound)).peer,
+                dp.plane
+                    .unrouted(matches!(role, Role::Inbound))
+                    .peer()
+                    .clone(),
                 flags::NO_ROUTE_FOUND,
             );
             tracing::info!(

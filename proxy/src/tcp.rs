@@ -76,9 +76,10 @@ pub async fn proxy<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(upstream) = snap.upstreams.get(cluster) else {
-        let rec = plane
-            .metrics()
-            .tcp(plane.unrouted(false).peer, flags::NO_CLUSTER_FOUND);
+        let rec = plane.metrics().tcp(
+            plane.unrouted(false).peer().clone(),
+            flags::NO_CLUSTER_FOUND,
+        );
         tracing::info!(code = flags::NO_CLUSTER_FOUND, %peer, "TCP: unknown cluster {cluster:?}");
         drop(rec);
         return;
@@ -86,7 +87,7 @@ pub async fn proxy<S>(
     let c = &upstream.cluster;
     let picked = match &c.discovery {
         Discovery::OriginalDst => match dst {
-            Some(d) if !is_self(d, local) => Ok((d, upstream.unknown.peer.clone(), None)),
+            Some(d) if !is_self(d, local) => Ok((d, upstream.unknown.peer().clone(), None)),
             Some(d) => Err(format!("{d} is this listener itself")),
             None => Err("no original destination".to_string()),
         },
@@ -94,11 +95,11 @@ pub async fn proxy<S>(
             let (h, p) = &hosts[fastrand::usize(..hosts.len())];
             lookup(h, *p)
                 .await
-                .map(|a| (a, upstream.unknown.peer.clone(), None))
+                .map(|a| (a, upstream.unknown.peer().clone(), None))
         }
         Discovery::LogicalDns { host, port } => lookup(host, *port)
             .await
-            .map(|a| (a, upstream.unknown.peer.clone(), None)),
+            .map(|a| (a, upstream.unknown.peer().clone(), None)),
         _ => {
             let hash = crate::balance::hash_key(peer.ip().to_string().as_bytes());
             match upstream.balancer.pick(&PickRequest {
@@ -109,7 +110,7 @@ pub async fn proxy<S>(
                     let peer_labels = upstream
                         .hosts
                         .get(&p.addr)
-                        .map_or_else(|| upstream.unknown.peer.clone(), |h| h.peer.clone());
+                        .map_or_else(|| upstream.unknown.peer().clone(), |h| h.peer().clone());
                     Ok((p.addr, peer_labels, Some(p)))
                 }
                 None => Err(format!(
@@ -124,7 +125,7 @@ pub async fn proxy<S>(
         Err(why) => {
             let _rec = plane
                 .metrics()
-                .tcp(upstream.unknown.peer.clone(), flags::NO_HEALTHY_UPSTREAM);
+                .tcp(upstream.unknown.peer().clone(), flags::NO_HEALTHY_UPSTREAM);
             tracing::info!(code = flags::NO_HEALTHY_UPSTREAM, %peer, cluster, "TCP: {why}");
             return;
         }

@@ -27,7 +27,7 @@ use crate::balance::Balancer;
 use crate::metrics::labels::{Peer, PeerLabels, Reporter, SecurityPolicy, Workload};
 use crate::metrics::{Metrics, RequestRecorder};
 use crate::state::cluster::{Cluster, Discovery};
-use crate::state::endpoint::{Endpoint, EndpointAddress, Endpoints};
+use crate::state::endpoint::{EndpointAddress, Endpoints};
 use crate::state::{Listener, ProxyState, SharedState};
 use pool::Pool;
 
@@ -208,10 +208,86 @@ impl Upstream {
 pub struct Host {
     /// The endpoint's connections (`None` for [`Upstream::unknown`]).
     pub pool: Option<Arc<Pool>>,
-    /// Request metrics for this source/destination pair.
-    pub recorder: RequestRecorder,
+    telemetry: Arc<Telemetry>,
+}
+
+/// The labels of the requests and connections to one endpoint, with their
+/// recorder.
+type Made = (Peer, RequestRecorder);
+
+/// An endpoint's telemetry, made on first use: most of the clusters a
+/// sidecar knows are never called, and their labels (a dozen strings each)
+/// would otherwise sit in memory for nothing.
+enum Telemetry {
+    Ready(Made),
+    Lazy {
+        made: std::sync::OnceLock<Made>,
+        labels: Box<dyn Fn() -> PeerLabels + Send + Sync>,
+        metrics: Arc<Metrics>,
+    },
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready((peer, _)) => f.debug_tuple("Ready").field(peer).finish(),
+            Self::Lazy { made, .. } => f.debug_struct("Lazy").field("made", made).finish(),
+        }
+    }
+}
+
+impl Host {
+    /// A host whose labels are `labels()`, made (with the recorder) when
+    /// first needed.
+    pub fn lazy(
+        pool: Option<Arc<Pool>>,
+        metrics: &Arc<Metrics>,
+        labels: impl Fn() -> PeerLabels + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            pool,
+            telemetry: Arc::new(Telemetry::Lazy {
+                made: std::sync::OnceLock::new(),
+                labels: Box::new(labels),
+                metrics: Arc::clone(metrics),
+            }),
+        }
+    }
+
+    /// A host with its labels made now.
+    pub fn with_labels(pool: Option<Arc<Pool>>, metrics: &Metrics, labels: PeerLabels) -> Self {
+        let peer = labels.shared();
+        let recorder = metrics.requests(peer.clone());
+        Self {
+            pool,
+            telemetry: Arc::new(Telemetry::Ready((peer, recorder))),
+        }
+    }
+
+    fn made(&self) -> &Made {
+        match &*self.telemetry {
+            Telemetry::Ready(m) => m,
+            Telemetry::Lazy {
+                made,
+                labels,
+                metrics,
+            } => made.get_or_init(|| {
+                let peer = labels().shared();
+                let recorder = metrics.requests(peer.clone());
+                (peer, recorder)
+            }),
+        }
+    }
+
     /// The labels, for TCP metrics.
-    pub peer: Peer,
+    pub fn peer(&self) -> &Peer {
+        &self.made().0
+    }
+
+    /// Request metrics for this source/destination pair.
+    pub fn recorder(&self) -> &RequestRecorder {
+        &self.made().1
+    }
 }
 
 /// The listeners and upstreams of one state version.
@@ -276,8 +352,8 @@ pub struct Plane {
     current: ArcSwap<Snapshot>,
     build: Mutex<()>,
     pools: Pools,
-    metrics: Metrics,
-    own: Workload,
+    metrics: Arc<Metrics>,
+    own: Arc<Workload>,
     unrouted_out: Host,
     unrouted_in: Host,
 }
@@ -291,17 +367,12 @@ impl std::fmt::Debug for Plane {
 impl Plane {
     /// A plane over `state`; `own` is this proxy's workload for telemetry.
     pub fn new(state: SharedState, metrics: Metrics, own: Workload) -> Self {
+        let own = Arc::new(own);
+        let metrics = Arc::new(metrics);
         let pools = Pools::default();
         let first = build(&state.load_full(), None, &pools, &metrics, &own);
         let unknown = Workload::unknown(&own.trust_domain);
-        let host = |labels: PeerLabels| {
-            let peer = labels.shared();
-            Host {
-                pool: None,
-                recorder: metrics.requests(peer.clone()),
-                peer,
-            }
-        };
+        let host = |labels: PeerLabels| Host::with_labels(None, &metrics, labels);
         let unrouted_out = host(PeerLabels::new(
             Reporter::Source,
             &own,
@@ -394,8 +465,8 @@ fn build(
     state: &Arc<ProxyState>,
     previous: Option<&Snapshot>,
     pools: &Pools,
-    metrics: &Metrics,
-    own: &Workload,
+    metrics: &Arc<Metrics>,
+    own: &Arc<Workload>,
 ) -> Snapshot {
     let mut by_addr = FastMap::default();
     let mut by_port = FastMap::default();
@@ -444,8 +515,8 @@ fn new_upstream(
     endpoints: Option<Arc<Endpoints>>,
     previous: Option<&Arc<Upstream>>,
     pools: &Pools,
-    metrics: &Metrics,
-    own: &Workload,
+    metrics: &Arc<Metrics>,
+    own: &Arc<Workload>,
 ) -> Upstream {
     let empty = Endpoints::default();
     let eps = endpoints.as_deref().unwrap_or(&empty);
@@ -463,34 +534,32 @@ fn new_upstream(
             .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(max_connections as usize)))
     });
     let inbound = cluster.name.starts_with("inbound|");
-    let labels = |endpoint: Option<&Endpoint>| -> PeerLabels {
-        if inbound {
-            let service = cluster.istio.as_ref().and_then(|m| m.services.first());
-            PeerLabels::inbound(
-                own,
-                &Workload::unknown(&own.trust_domain),
-                service,
-                SecurityPolicy::None,
-            )
-        } else {
-            PeerLabels::outbound(own, cluster, endpoint)
-        }
-    };
-    let host = |endpoint: Option<&Endpoint>, pool: Option<Arc<Pool>>| -> Host {
-        let peer = labels(endpoint).shared();
-        Host {
-            pool,
-            recorder: metrics.requests(peer.clone()),
-            peer,
-        }
+    // The labels of endpoint `at` (locality, index) of `endpoints`, or of
+    // the cluster's unknown endpoint; made when first used.
+    let host = |at: Option<(usize, usize)>, pool: Option<Arc<Pool>>| -> Host {
+        let (own, cluster, endpoints) = (Arc::clone(own), Arc::clone(cluster), endpoints.clone());
+        Host::lazy(pool, metrics, move || {
+            if inbound {
+                let service = cluster.istio.as_ref().and_then(|m| m.services.first());
+                return PeerLabels::inbound(
+                    &own,
+                    &Workload::unknown(&own.trust_domain),
+                    service,
+                    SecurityPolicy::None,
+                );
+            }
+            let endpoint =
+                at.and_then(|(l, i)| endpoints.as_deref()?.localities.get(l)?.endpoints.get(i));
+            PeerLabels::outbound(&own, &cluster, endpoint)
+        })
     };
     let mut hosts = FastMap::default();
-    for loc in &eps.localities {
-        for ep in &loc.endpoints {
+    for (l, loc) in eps.localities.iter().enumerate() {
+        for (i, ep) in loc.endpoints.iter().enumerate() {
             if let EndpointAddress::Socket(addr) = ep.address {
                 hosts
                     .entry(addr)
-                    .or_insert_with(|| host(Some(ep), Some(pools.get(addr))));
+                    .or_insert_with(|| host(Some((l, i)), Some(pools.get(addr))));
             }
         }
     }

@@ -468,7 +468,7 @@ async fn forward<B: ReqBody>(
         && let Some(down) = upgrade
     {
         let up = hyper::upgrade::on(&mut resp);
-        let peer = host.peer.clone();
+        let peer = host.peer().clone();
         let metrics = ctx.conn.plane.metrics().clone();
         tokio::spawn(async move {
             match (down.await, up.await) {
@@ -1261,7 +1261,7 @@ fn finish_with(
     }
     .with_flags(flags);
     let done = Completion {
-        recorder: host.recorder.clone(),
+        recorder: host.recorder().clone(),
         outcome,
         start: ctx.start,
         request_bytes: Arc::clone(&ctx.request_bytes),
