@@ -1078,3 +1078,91 @@ pub fn skip_unless_ci(what: &str, why: &str) -> Result<bool> {
     eprintln!("skipping {what}: {why}");
     Ok(false)
 }
+
+/// A running keel-citadel (killed on drop).
+pub struct Citadel {
+    _child: ChildGuard,
+    /// The certificate API (gRPC over TLS).
+    pub grpc_addr: SocketAddr,
+    /// `/metrics` and `/ready`.
+    pub monitoring_addr: SocketAddr,
+    /// The root its chains end with.
+    pub root_cert: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+impl Citadel {
+    /// A bootstrap token for `namespace`/`service_account`, valid `ttl`
+    /// (`1h`, `5s`), written to a file in the state directory; its path.
+    pub fn token_file(&self, namespace: &str, service_account: &str, ttl: &str) -> Result<PathBuf> {
+        let out = Command::new(bin_path("keel-citadel", "keel-citadel"))
+            .args(["token", "--state-dir"])
+            .arg(&self.state_dir)
+            .args([
+                "--namespace",
+                namespace,
+                "--service-account",
+                service_account,
+            ])
+            .args(["--ttl", ttl])
+            .output()
+            .context("running keel-citadel token")?;
+        if !out.status.success() {
+            bail!(
+                "keel-citadel token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = self
+            .state_dir
+            .join(format!("token-{namespace}-{service_account}-{ttl}"));
+        std::fs::write(&path, &out.stdout)?;
+        Ok(path)
+    }
+
+    /// The value of metric `name` on `/metrics`.
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let (_, body) = http_get(self.monitoring_addr, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {name} on citadel's /metrics:\n{body}"))
+    }
+}
+
+/// Starts `keel-citadel --state-dir STATE_DIR` on ephemeral loopback ports
+/// plus `extra`, and waits for its ready line.
+pub fn spawn_citadel(state_dir: &Path, extra: &[&str]) -> Result<Citadel> {
+    let bin = bin_path("keel-citadel", "keel-citadel");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--state-dir")
+        .arg(state_dir)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--monitoring-addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra);
+    let mut child = ChildGuard::spawn("keel-citadel", &mut cmd, Stdio::piped())?;
+    let lines = line_channel(child.take_stdout().context("keel-citadel's stdout")?);
+    let line = lines
+        .recv_timeout(Duration::from_secs(30))
+        .context("keel-citadel printed no ready line within 30 s; its stderr is above")?;
+    let rest = line
+        .strip_prefix("keel-citadel ready: ")
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    let field = |k: &str| {
+        rest.split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .with_context(|| format!("no {k}= in {line:?}"))
+    };
+    Ok(Citadel {
+        grpc_addr: field("grpc")?.parse()?,
+        monitoring_addr: field("monitoring")?.parse()?,
+        root_cert: PathBuf::from(field("root")?),
+        state_dir: state_dir.to_path_buf(),
+        _child: child,
+    })
+}

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::identity;
 use crate::logging::LogLevel;
 use crate::state::SharedState;
 
@@ -56,10 +57,16 @@ pub struct AdminState {
 pub enum Endpoints {
     /// Admin: `GET /config_dump`, `GET`/`POST /logging`, `POST /quitquitquit`.
     Admin(AdminState),
-    /// Readiness: `GET /healthz/ready`.
-    Ready(SharedState, watch::Receiver<bool>),
-    /// Prometheus: `GET /stats/prometheus` (and `/metrics`).
-    Stats(Arc<Registry>),
+    /// Readiness: `GET /healthz/ready` (also waiting for the workload
+    /// certificate when a CA is configured).
+    Ready(
+        SharedState,
+        watch::Receiver<bool>,
+        Option<identity::Current>,
+    ),
+    /// Prometheus: `GET /stats/prometheus` (and `/metrics`), with the
+    /// workload certificate's expiry when there is one.
+    Stats(Arc<Registry>, Option<identity::Current>),
 }
 
 /// A response with a body.
@@ -85,14 +92,18 @@ pub fn admin_router(s: AdminState) -> Endpoints {
 }
 
 /// The readiness routes.
-pub fn ready_router(state: SharedState, draining: watch::Receiver<bool>) -> Endpoints {
-    Endpoints::Ready(state, draining)
+pub fn ready_router(
+    state: SharedState,
+    draining: watch::Receiver<bool>,
+    identity: Option<identity::Current>,
+) -> Endpoints {
+    Endpoints::Ready(state, draining, identity)
 }
 
 /// The Prometheus routes (`/stats/prometheus`, and `/metrics` for
 /// scrapers configured the generic way).
-pub fn stats_router(registry: Arc<Registry>) -> Endpoints {
-    Endpoints::Stats(registry)
+pub fn stats_router(registry: Arc<Registry>, identity: Option<identity::Current>) -> Endpoints {
+    Endpoints::Stats(registry, identity)
 }
 
 impl Endpoints {
@@ -105,9 +116,11 @@ impl Endpoints {
             (Self::Admin(s), "/logging") if post => Some(set_logging(s, req.uri().query())),
             (Self::Admin(s), "/logging") => get.then(|| get_logging(s)),
             (Self::Admin(s), "/quitquitquit") => post.then(|| quit(s)),
-            (Self::Ready(state, draining), "/healthz/ready") => get.then(|| ready(state, draining)),
-            (Self::Stats(registry), "/stats/prometheus" | "/metrics") => {
-                get.then(|| stats(registry))
+            (Self::Ready(state, draining, id), "/healthz/ready") => {
+                get.then(|| ready(state, draining, id.as_ref()))
+            }
+            (Self::Stats(registry, id), "/stats/prometheus" | "/metrics") => {
+                get.then(|| stats(registry, id.as_ref()))
             }
             _ => return text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n")),
         };
@@ -120,9 +133,20 @@ impl Endpoints {
     }
 }
 
-fn stats(registry: &Registry) -> Reply {
+fn stats(registry: &Registry, identity: Option<&identity::Current>) -> Reply {
     match crate::metrics::encode(registry) {
-        Ok(body) => reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, body),
+        Ok(mut body) => {
+            // Istio's agent metric, computed now (it counts down).
+            if let Some(c) = identity.and_then(|i| i.load_full()) {
+                let left = c.expiry_seconds(std::time::SystemTime::now());
+                body.push_str(&format!(
+                    "# HELP istio_agent_cert_expiry_seconds The time remaining, in seconds, before the certificate chain will expire. A negative value indicates the cert is expired.\n\
+                     # TYPE istio_agent_cert_expiry_seconds gauge\n\
+                     istio_agent_cert_expiry_seconds{{resource_name=\"default\"}} {left}\n"
+                ));
+            }
+            reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
+        }
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics: {e}\n"),
@@ -259,11 +283,21 @@ fn quit(s: &AdminState) -> Reply {
     text(StatusCode::OK, "OK\n")
 }
 
-fn ready(state: &SharedState, draining: &watch::Receiver<bool>) -> Reply {
+fn ready(
+    state: &SharedState,
+    draining: &watch::Receiver<bool>,
+    identity: Option<&identity::Current>,
+) -> Reply {
     if *draining.borrow() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: draining (shutting down)\n",
+        );
+    }
+    if identity.is_some_and(|i| i.load().is_none()) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the workload certificate from citadel (--ca-address)\n",
         );
     }
     if state.load().is_ready() {
@@ -300,7 +334,7 @@ mod tests {
 
     #[test]
     fn unknown_paths_and_methods_say_so() {
-        let stats = stats_router(Arc::new(Registry::default()));
+        let stats = stats_router(Arc::new(Registry::default()), None);
         let req = |m: Method, p: &str| Request::builder().method(m).uri(p).body(()).expect("req");
         assert_eq!(
             stats.handle(&req(Method::GET, "/metrics")).status(),

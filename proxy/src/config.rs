@@ -118,6 +118,28 @@ pub struct Config {
     /// `x-keel-retry-skipped: request_body_too_large`).
     #[arg(long, env = "KEEL_RETRY_BUFFER_BYTES", default_value_t = 64 * 1024)]
     pub retry_buffer: usize,
+    /// keel-citadel's certificate API (`host:port`, gRPC over TLS): the
+    /// proxy gets its workload certificate there, and is not ready until it
+    /// has one. Off when unset (no workload identity).
+    #[arg(long, env = "CA_ADDR")]
+    pub ca_address: Option<String>,
+    /// The root certificate citadel's serving certificate is checked
+    /// against (PEM).
+    #[arg(
+        long,
+        env = "KEEL_CA_ROOT_CERT",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub ca_root_cert: std::path::PathBuf,
+    /// The token presented to citadel (a bootstrap token from
+    /// `keel-citadel token`, or a service-account token); read at each
+    /// request, so a rotated token is picked up.
+    #[arg(long, env = "KEEL_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The lifetime asked for the workload certificate (citadel's default
+    /// when unset).
+    #[arg(long, env = "SECRET_TTL", value_parser = parse_duration)]
+    pub cert_ttl: Option<std::time::Duration>,
     /// Worker threads (Istio's proxy `concurrency`); 1 runs everything on
     /// one thread, the fastest choice for a proxy pinned to one core.
     #[arg(long, env = "ISTIO_META_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]

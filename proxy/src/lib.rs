@@ -16,6 +16,7 @@ pub mod detect;
 pub mod drain;
 pub mod http;
 pub mod http2;
+pub mod identity;
 pub mod init;
 pub mod listen;
 pub mod logging;

@@ -13,9 +13,10 @@ use keel_proxy::admin::{self, AdminState};
 use keel_proxy::config::{Config, Mode};
 use keel_proxy::http::Role;
 use keel_proxy::http::access_log::AccessLog;
+use keel_proxy::identity;
 use keel_proxy::listen::{self, DataPath};
 use keel_proxy::metrics::Metrics;
-use keel_proxy::metrics::labels::Workload;
+use keel_proxy::metrics::labels::{Workload, spiffe_id};
 use keel_proxy::upstream::Plane;
 use keel_proxy::xds::XdsClient;
 use keel_proxy::{drain, state};
@@ -164,6 +165,29 @@ async fn run(
     }
     drop(watch);
 
+    // The workload certificate, when a CA is configured: readiness waits
+    // for it, the stats show its expiry.
+    let identity = config.ca_address.as_ref().map(|ca| {
+        let current: identity::Current = Arc::default();
+        let settings = identity::Settings {
+            ca_address: ca.clone(),
+            ca_root_cert: config.ca_root_cert.clone(),
+            token_file: config.token_file.clone(),
+            spiffe_id: spiffe_id(
+                &config.cluster_domain,
+                &config.namespace,
+                &config.service_account,
+            ),
+            ttl: config.cert_ttl,
+        };
+        tokio::spawn(identity::run(
+            settings,
+            current.clone(),
+            shutdown_rx.clone(),
+        ));
+        current
+    });
+
     let admin_task = tokio::spawn(admin::serve(
         "admin-addr",
         admin_listener,
@@ -177,13 +201,13 @@ async fn run(
     let ready_task = tokio::spawn(admin::serve(
         "ready-addr",
         ready_listener,
-        admin::ready_router(shared.clone(), draining_rx),
+        admin::ready_router(shared.clone(), draining_rx, identity.clone()),
         shutdown_rx.clone(),
     ));
     let stats_task = tokio::spawn(admin::serve(
         "stats-addr",
         stats_listener,
-        admin::stats_router(registry),
+        admin::stats_router(registry, identity),
         shutdown_rx.clone(),
     ));
     tracing::info!(node = %node.id, xds = %config.xds_address, "starting keel-proxy");
